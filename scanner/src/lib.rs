@@ -1,0 +1,35 @@
+//! The podvault pipeline: back up a directory into a [`Repository`] and restore it.
+//!
+//! The backup walks the source in a fixed order (sorted, depth first, never following
+//! symlinks, staying on one file system), reuses unchanged files from the parent snapshot
+//! without reading them, and hands changed files to worker threads that chunk, hash,
+//! compress and seal on all cores. Memory is bounded by the options, not by the input.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use podvault_store::{DirBackend, Repository};
+//! use podvault_scanner::{backup, restore, BackupOptions, RestoreOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = Repository::open(Arc::new(DirBackend::new("/backups/repo")), b"secret")?;
+//! let report = backup(&repo, &BackupOptions::new("/data"))?;
+//! restore(&repo, &report.snapshot, &RestoreOptions::new("/restore"))?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Repository`]: podvault_store::Repository
+
+mod backup;
+mod error;
+mod mapped;
+mod meta;
+mod progress;
+mod restore;
+
+pub use backup::{BackupOptions, BackupReport, ParentChoice, Unreadable, backup};
+pub use error::{Error, Result};
+pub use progress::Progress;
+pub use restore::{RestoreOptions, RestoreReport, restore};
+
+/// Files at least this large are read through a memory map; smaller ones with `read`.
+pub const MMAP_MIN_BYTES: u64 = 1024 * 1024;

@@ -1,0 +1,182 @@
+//! `podvault`: one binary for every role. This file parses arguments, sets up logging,
+//! calls the library and maps the outcome to an exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | error (nothing was saved, or a restore is incomplete) |
+//! | 2 | bad command line |
+//! | 3 | snapshot saved, but some files could not be read (they are listed) |
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Back up and restore directories (and Kubernetes pod volumes) into encrypted,
+/// deduplicated repositories.
+#[derive(Parser, Debug)]
+#[command(name = "podvault", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a directory).
+    #[arg(long, global = true, env = "PODVAULT_REPO", value_name = "PATH")]
+    repo: Option<PathBuf>,
+    /// Read the repository password from this file (first line).
+    #[arg(long, global = true, env = "PODVAULT_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Print machine-readable JSON on standard output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, check and manage repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Create, list, show and restore snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Create a new repository with a random master key wrapped by the password.
+    Init(InitArgs),
+    /// Check the repository's structure and references (and with --read-data, every blob).
+    Check {
+        /// Read, authenticate and verify every blob of every pack.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage the passwords that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a password that opens the same repository.
+    Add {
+        /// Read the new password from this file (else prompt).
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Argon2id memory in KiB for the password key.
+    #[arg(long, default_value_t = podvault_store::KdfParams::default().memory_kib)]
+    kdf_memory_kib: u32,
+    /// Argon2id passes.
+    #[arg(long, default_value_t = podvault_store::KdfParams::default().iterations)]
+    kdf_iterations: u32,
+    /// Smallest chunk in bytes.
+    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_MIN_CHUNK_BYTES)]
+    chunk_min: u32,
+    /// Average chunk in bytes (a power of two).
+    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_AVG_CHUNK_BYTES)]
+    chunk_avg: u32,
+    /// Largest chunk in bytes.
+    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_MAX_CHUNK_BYTES)]
+    chunk_max: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Back up a directory.
+    Create(CreateArgs),
+    /// List snapshots, oldest first.
+    Ls,
+    /// Show one snapshot's statistics.
+    Show {
+        /// Snapshot id (or a unique prefix) or `latest`.
+        id: String,
+    },
+    /// Restore a snapshot into a directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The directory to back up.
+    dir: PathBuf,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Compare with this snapshot instead of the latest of the same directory and host.
+    #[arg(long, value_name = "ID", conflicts_with = "no_parent")]
+    parent: Option<String>,
+    /// Read every file, comparing with no earlier snapshot.
+    #[arg(long)]
+    no_parent: bool,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    host: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// zstd level for new data.
+    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+    compression_level: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a unique prefix) or `latest`.
+    id: String,
+    /// Directory to restore into (created if missing; must be empty unless --overwrite).
+    target: PathBuf,
+    /// Restore into a non-empty directory, replacing entries the snapshot also has.
+    #[arg(long)]
+    overwrite: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let result = match cli.command {
+        Command::Repo(cmd) => commands::repo(&cli.global, cmd),
+        Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podvault: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

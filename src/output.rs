@@ -1,0 +1,169 @@
+//! Human and JSON output, and the terminal progress bar.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use podvault_scanner::{BackupReport, Progress};
+use podvault_store::{CheckReport, Snapshot, SnapshotId};
+
+pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Bytes in binary units.
+pub fn bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}
+
+/// Total file bytes per byte newly stored; `None` when nothing was stored.
+pub fn dedup_ratio(s: &Snapshot) -> Option<f64> {
+    (s.summary.bytes_stored > 0).then(|| s.summary.bytes_total as f64 / s.summary.bytes_stored as f64)
+}
+
+pub fn created(report: &BackupReport) {
+    let s = &report.snapshot.summary;
+    println!(
+        "snapshot {} saved: {} files ({} new, {} changed, {} unmodified), {} dirs, {} in {:.2} s",
+        report.id.short(),
+        s.files,
+        s.files_new,
+        s.files_changed,
+        s.files_unmodified,
+        s.dirs,
+        bytes(s.bytes_total),
+        s.duration_ms as f64 / 1000.0
+    );
+    println!(
+        "read {}, new data {} stored as {}",
+        bytes(s.bytes_read),
+        bytes(s.bytes_new),
+        bytes(s.bytes_stored)
+    );
+    if !report.unreadable.is_empty() {
+        println!("{} entries could not be read and are not in the snapshot:", report.unreadable.len());
+        for u in &report.unreadable {
+            println!("  {}: {}", u.path, u.error);
+        }
+    }
+}
+
+pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
+    println!("{:<10} {:<20} {:<16} {:>10}  {:<24} tags", "id", "time", "host", "size", "source");
+    for (id, s) in snaps {
+        println!(
+            "{:<10} {:<20} {:<16} {:>10}  {:<24} {}",
+            id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            s.host,
+            bytes(s.summary.bytes_total),
+            s.source,
+            s.tags.join(",")
+        );
+    }
+    println!("{} snapshots", snaps.len());
+}
+
+pub fn show(id: &SnapshotId, s: &Snapshot) {
+    let m = &s.summary;
+    println!("snapshot   {id}");
+    println!("time       {}", s.time.to_rfc3339());
+    println!("host       {}", s.host);
+    println!("source     {}", s.source);
+    println!("tags       {}", s.tags.join(", "));
+    println!(
+        "parent     {}",
+        s.parent.map(|p| p.to_hex()).unwrap_or_else(|| "none".into())
+    );
+    println!("tree       {}", s.tree);
+    println!(
+        "files      {} ({} new, {} changed, {} unmodified)",
+        m.files, m.files_new, m.files_changed, m.files_unmodified
+    );
+    println!("dirs       {}   other {}", m.dirs, m.others);
+    println!("bytes      {}", bytes(m.bytes_total));
+    println!("read       {}", bytes(m.bytes_read));
+    println!("new bytes  {} (stored as {})", bytes(m.bytes_new), bytes(m.bytes_stored));
+    match dedup_ratio(s) {
+        Some(r) => println!("dedup      {r:.2}x (file bytes per byte stored)"),
+        None => println!("dedup      nothing new stored"),
+    }
+    println!("duration   {:.2} s", m.duration_ms as f64 / 1000.0);
+    println!("errors     {}", m.errors);
+}
+
+pub fn check(r: &CheckReport) {
+    println!(
+        "checked {} snapshots, {} trees, {} packs, {} blobs{}",
+        r.snapshots,
+        r.trees,
+        r.packs,
+        r.blobs,
+        if r.blobs_read > 0 {
+            format!(" ({} blobs read and verified)", r.blobs_read)
+        } else {
+            String::new()
+        }
+    );
+    if r.unindexed_packs > 0 {
+        println!(
+            "{} packs are not indexed (left by an interrupted backup; harmless)",
+            r.unindexed_packs
+        );
+    }
+    if r.is_ok() {
+        println!("no errors");
+        return;
+    }
+    for p in &r.problems {
+        println!("error: {} {}", p.object, p.message);
+        for a in &p.affected {
+            println!("  affects {a}");
+        }
+    }
+    println!("{} errors", r.problems.len());
+}
+
+/// A terminal progress bar fed from the pipeline's counters.
+pub struct ProgressBar {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    pub fn start(progress: Arc<Progress>, what: &'static str) -> ProgressBar {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {msg} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(what);
+            while !flag.load(Ordering::Relaxed) {
+                let (files, done, files_total, total, known) = progress.read();
+                bar.set_length(if known { total } else { total.max(done) });
+                bar.set_position(done);
+                bar.set_message(format!("{files}/{files_total} files"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        ProgressBar {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

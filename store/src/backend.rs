@@ -1,0 +1,245 @@
+//! Where repository files live. The trait is deliberately small (list, read whole or a
+//! range, write atomically, delete), every method keyed by (kind, name), so an object store
+//! fits behind it unchanged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The kinds of file a repository holds; each has its own folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// The single `config` file (its name is ignored).
+    Config,
+    /// `keys/<id>`: the master key wrapped by a password.
+    Key,
+    /// `data/<first two hex digits>/<id>`: packs of sealed blobs.
+    Pack,
+    /// `index/<id>`: which blobs each pack holds.
+    Index,
+    /// `snapshots/<id>`.
+    Snapshot,
+}
+
+impl FileKind {
+    /// The folder of this kind, relative to the repository root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+        }
+    }
+
+    /// A human name for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Pack => "pack",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Storage for repository files. Writes must be atomic: a reader sees a whole file or none.
+pub trait Backend: Send + Sync {
+    /// Where this backend points, for messages (a path or a URL).
+    fn location(&self) -> String;
+    /// Names and sizes of every file of a kind.
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// The whole file. A missing file is [`Error::NotFound`].
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// `len` bytes from `offset`; fewer only if the file is shorter (the caller checks).
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Stores a file atomically and durably, replacing any file of the same name.
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Removes a file; removing a missing file is not an error.
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Prepares an empty location for a new repository; fails if it holds anything.
+    fn create(&self) -> Result<()>;
+}
+
+/// A repository in a local directory.
+pub struct DirBackend {
+    root: PathBuf,
+}
+
+impl DirBackend {
+    /// A backend rooted at `root` (which need not exist yet for [`Backend::create`]).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirBackend { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Config => self.root.join("config"),
+            FileKind::Pack => {
+                let prefix = name.get(..2).unwrap_or("00");
+                self.root.join("data").join(prefix).join(name)
+            }
+            _ => self.root.join(kind.dir()).join(name),
+        }
+    }
+
+    fn not_found(&self, kind: FileKind, name: &str) -> Error {
+        Error::NotFound {
+            what: kind.noun(),
+            name: name.to_string(),
+            location: self.location(),
+        }
+    }
+
+    fn open(&self, kind: FileKind, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.path(kind, name);
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(kind, name)),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+impl Backend for DirBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let base = self.root.join(kind.dir());
+        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
+            match fs::read_dir(&base) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(Error::io(base, e)),
+            }
+        } else {
+            vec![base]
+        };
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir, e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(&dir, e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue; // temporary files of interrupted writes
+                }
+                let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
+                if meta.is_file() {
+                    out.push((name, meta.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let (mut f, path) = self.open(kind, name)?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+        Ok(buf)
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let (f, path) = self.open(kind, name)?;
+        let len = usize::try_from(len).map_err(|_| Error::InvalidParameter {
+            name: "range length",
+            reason: format!("{len} does not fit in memory"),
+        })?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(kind, name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let mut suffix = [0u8; 8];
+        crate::crypto::random_bytes(&mut suffix)?;
+        let tmp = dir.join(format!(".tmp-{}-{}", name, hex::encode(suffix)));
+        let result = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
+        sync_dir(&dir)
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.path(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn create(&self) -> Result<()> {
+        match fs::read_dir(&self.root) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(Error::AlreadyExists {
+                        location: self.location(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+            }
+            Err(e) => return Err(Error::io(&self.root, e)),
+        }
+        for kind in [FileKind::Key, FileKind::Index, FileKind::Snapshot] {
+            let d = self.root.join(kind.dir());
+            fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        for i in 0..=255u8 {
+            let d = self.root.join("data").join(hex::encode([i]));
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        sync_dir(&self.root)
+    }
+}
+

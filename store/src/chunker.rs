@@ -1,0 +1,208 @@
+//! Content-defined chunking: FastCDC 2020 (the `fastcdc` crate's cut function) driven by a
+//! gear table derived from the repository key, so chunk boundaries, and hence chunk sizes,
+//! reveal nothing about a file's content to someone without the key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::{CHUNK_AVG_BOUNDS_BYTES, CHUNK_MAX_BOUNDS_BYTES, CHUNK_MIN_BOUNDS_BYTES};
+
+/// Normalization level (FastCDC's "NC" level) used by format v1.
+pub const NORMALIZATION_LEVEL: u32 = 1;
+
+/// Chunk size parameters, stored in the repository config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// No chunk but a file's last is shorter.
+    pub min_bytes: u32,
+    /// Target average; must be a power of two.
+    pub avg_bytes: u32,
+    /// No chunk is longer.
+    pub max_bytes: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            min_bytes: crate::limits::DEFAULT_MIN_CHUNK_BYTES,
+            avg_bytes: crate::limits::DEFAULT_AVG_CHUNK_BYTES,
+            max_bytes: crate::limits::DEFAULT_MAX_CHUNK_BYTES,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Checks the bounds FastCDC needs; an error names the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let check = |name: &'static str, v: u32, (lo, hi): (u32, u32)| {
+            if v < lo || v > hi {
+                Err(Error::InvalidParameter {
+                    name,
+                    reason: format!("{v} is outside {lo}..={hi}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check("chunker min_bytes", self.min_bytes, CHUNK_MIN_BOUNDS_BYTES)?;
+        check("chunker avg_bytes", self.avg_bytes, CHUNK_AVG_BOUNDS_BYTES)?;
+        check("chunker max_bytes", self.max_bytes, CHUNK_MAX_BOUNDS_BYTES)?;
+        if !self.avg_bytes.is_power_of_two() {
+            return Err(Error::InvalidParameter {
+                name: "chunker avg_bytes",
+                reason: format!("{} is not a power of two", self.avg_bytes),
+            });
+        }
+        if !(self.min_bytes < self.avg_bytes && self.avg_bytes < self.max_bytes) {
+            return Err(Error::InvalidParameter {
+                name: "chunker sizes",
+                reason: format!(
+                    "need min < avg < max, got {} / {} / {}",
+                    self.min_bytes, self.avg_bytes, self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A keyed FastCDC chunker.
+#[derive(Clone)]
+pub struct Chunker {
+    params: ChunkerParams,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    /// Builds the chunker; the gear table is 256 little-endian u64 words read from the keyed
+    /// BLAKE3 output stream of the empty input under `gear_key`.
+    pub fn new(params: ChunkerParams, gear_key: &[u8; 32]) -> Result<Chunker> {
+        params.validate()?;
+        let mut bytes = [0u8; 256 * 8];
+        blake3::Hasher::new_keyed(gear_key).finalize_xof().fill(&mut bytes);
+        let mut gear = Box::new([0u64; 256]);
+        let mut gear_ls = Box::new([0u64; 256]);
+        for (i, w) in bytes.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            gear[i] = u64::from_le_bytes(word);
+            gear_ls[i] = gear[i] << 1;
+        }
+        let bits = params.avg_bytes.trailing_zeros();
+        Ok(Chunker {
+            params,
+            gear,
+            gear_ls,
+            mask_s: fastcdc::v2020::MASKS[(bits + NORMALIZATION_LEVEL) as usize],
+            mask_l: fastcdc::v2020::MASKS[(bits - NORMALIZATION_LEVEL) as usize],
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Length of the chunk that starts at `data[0]`. The answer is final when
+    /// `data.len() >= max_bytes` or `data` runs to the end of the file; otherwise the caller
+    /// must supply more data first.
+    pub fn cut(&self, data: &[u8]) -> usize {
+        let (_, n) = fastcdc::v2020::cut_gear(
+            data,
+            self.params.min_bytes as usize,
+            self.params.avg_bytes as usize,
+            self.params.max_bytes as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        n
+    }
+
+    /// Every chunk of a whole buffer, as (offset, length).
+    pub fn chunks<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            if pos >= data.len() {
+                return None;
+            }
+            let n = self.cut(&data[pos..]);
+            let item = (pos, n);
+            pos += n;
+            Some(item)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> ChunkerParams {
+        ChunkerParams {
+            min_bytes: 256,
+            avg_bytes: 1024,
+            max_bytes: 4096,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_tile_the_input_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..40_000), key in any::<[u8; 32]>()) {
+            let c = Chunker::new(small(), &key).expect("valid");
+            let mut next = 0;
+            let chunks: Vec<_> = c.chunks(&data).collect();
+            for (i, &(off, len)) in chunks.iter().enumerate() {
+                prop_assert_eq!(off, next);
+                prop_assert!(len <= 4096);
+                if i + 1 < chunks.len() {
+                    prop_assert!(len > 256);
+                }
+                next += len;
+            }
+            prop_assert_eq!(next, data.len());
+        }
+
+        #[test]
+        fn cuts_resynchronise_after_an_insertion(data in proptest::collection::vec(any::<u8>(), 20_000..40_000)) {
+            let c = Chunker::new(small(), &[1; 32]).expect("valid");
+            let mut edited = b"inserted".to_vec();
+            edited.extend_from_slice(&data);
+            let ends = |d: &[u8], shift: usize| -> std::collections::HashSet<usize> {
+                c.chunks(d).map(|(o, l)| o + l - shift).collect()
+            };
+            let a = ends(&data, 0);
+            let b = ends(&edited[8..].to_vec().as_slice(), 0);
+            prop_assert_eq!(&a, &b);
+            let shared = a.intersection(&ends(&edited, 8)).count();
+            prop_assert!(shared * 2 >= a.len(), "most boundaries survive an insertion");
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_errors() {
+        let key = [0; 32];
+        for p in [
+            ChunkerParams { avg_bytes: 1000, ..small() },
+            ChunkerParams { min_bytes: 8, ..small() },
+            ChunkerParams { max_bytes: 512, ..small() },
+        ] {
+            assert!(Chunker::new(p, &key).is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn different_keys_cut_differently() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let a: Vec<_> = Chunker::new(small(), &[1; 32]).expect("valid").chunks(&data).collect();
+        let b: Vec<_> = Chunker::new(small(), &[2; 32]).expect("valid").chunks(&data).collect();
+        assert_ne!(a, b);
+    }
+}

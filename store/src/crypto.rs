@@ -1,0 +1,265 @@
+//! Keys and sealing. Every primitive comes from `ring` (the crypto provider rustls uses) and
+//! BLAKE3, except the password KDF, Argon2id, which `ring` lacks.
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::{NONCE_BYTES, SEAL_OVERHEAD_BYTES, TAG_BYTES};
+
+/// Salt of the HKDF that derives every subkey from the master key.
+const HKDF_SALT: &[u8] = b"podvault repository v1";
+const INFO_AEAD: &[u8] = b"podvault/v1/aead";
+const INFO_BLOB_ID: &[u8] = b"podvault/v1/blob-id";
+const INFO_GEAR: &[u8] = b"podvault/v1/gear";
+const INFO_FAST_HASH: &[u8] = b"podvault/v1/fast-hash";
+/// Additional data binding a key file's wrapped master key.
+const KEY_FILE_AAD: &[u8] = b"podvault key v1";
+
+/// Fills `buf` from the operating system's random source.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| Error::Crypto("the operating system's random source failed".into()))
+}
+
+/// Argon2id parameters of one key file (the repository config holds the defaults for new keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Always "argon2id" in format v1.
+    pub algorithm: String,
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Degree of parallelism (lanes).
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    /// RFC 9106's second recommended option, with one lane: 64 MiB, 3 passes.
+    fn default() -> Self {
+        KdfParams {
+            algorithm: "argon2id".into(),
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    fn argon2(&self) -> Result<argon2::Argon2<'static>> {
+        if self.algorithm != "argon2id" {
+            return Err(Error::InvalidParameter {
+                name: "kdf algorithm",
+                reason: format!("{:?} is not supported (only argon2id)", self.algorithm),
+            });
+        }
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| Error::InvalidParameter {
+                name: "kdf parameters",
+                reason: e.to_string(),
+            })?;
+        Ok(argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            params,
+        ))
+    }
+
+    /// Derives a 32-byte key-encryption key from a password.
+    pub(crate) fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+        let mut out = [0u8; 32];
+        self.argon2()?
+            .hash_password_into(password, salt, &mut out)
+            .map_err(|e| Error::Crypto(format!("argon2id: {e}")))?;
+        Ok(out)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.argon2().map(|_| ())
+    }
+}
+
+/// A key file as stored under `keys/`: the master key wrapped by a password-derived key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct KeyFile {
+    pub version: u32,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub host: String,
+    pub username: String,
+    pub kdf: KdfParams,
+    /// Hex of the 16-byte Argon2id salt.
+    pub salt: String,
+    /// Hex of nonce ‖ AES-256-GCM(master key) ‖ tag.
+    pub master_key: String,
+}
+
+impl KeyFile {
+    pub(crate) fn wrap(master: &MasterKey, password: &[u8], kdf: &KdfParams) -> Result<KeyFile> {
+        let mut salt = [0u8; 16];
+        random_bytes(&mut salt)?;
+        let kek = kdf.derive(password, &salt)?;
+        let sealer = Sealer::new(&kek)?;
+        let wrapped = sealer.seal(KEY_FILE_AAD, &master.0)?;
+        Ok(KeyFile {
+            version: crate::limits::FORMAT_VERSION,
+            created: chrono::Utc::now(),
+            host: crate::snapshot::hostname(),
+            username: crate::snapshot::username(),
+            kdf: kdf.clone(),
+            salt: hex::encode(salt),
+            master_key: hex::encode(wrapped),
+        })
+    }
+
+    /// Returns the master key if the password opens this key file, `Ok(None)` if it does not.
+    pub(crate) fn unwrap_key(&self, password: &[u8], name: &str) -> Result<Option<MasterKey>> {
+        let salt = hex::decode(&self.salt).map_err(|e| Error::corrupt("key", name, format!("salt: {e}")))?;
+        let wrapped =
+            hex::decode(&self.master_key).map_err(|e| Error::corrupt("key", name, format!("master_key: {e}")))?;
+        let kek = self.kdf.derive(password, &salt)?;
+        let sealer = Sealer::new(&kek)?;
+        match sealer.open(KEY_FILE_AAD, &wrapped) {
+            Ok(plain) => {
+                let bytes: [u8; 32] = plain
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::corrupt("key", name, "master key is not 32 bytes"))?;
+                Ok(Some(MasterKey(bytes)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// The repository's random 256-bit master key. Never stored in the clear.
+pub(crate) struct MasterKey(pub(crate) [u8; 32]);
+
+impl MasterKey {
+    pub(crate) fn generate() -> Result<MasterKey> {
+        let mut k = [0u8; 32];
+        random_bytes(&mut k)?;
+        Ok(MasterKey(k))
+    }
+
+    fn expand(&self, info: &[u8]) -> Result<[u8; 32]> {
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
+        let info = [info];
+        let okm = prk
+            .expand(&info, Len32)
+            .map_err(|_| Error::Crypto("hkdf expand".into()))?;
+        let mut out = [0u8; 32];
+        okm.fill(&mut out).map_err(|_| Error::Crypto("hkdf fill".into()))?;
+        Ok(out)
+    }
+
+    /// Derives every subkey the repository uses.
+    pub(crate) fn derive(&self) -> Result<Keys> {
+        Ok(Keys {
+            sealer: Sealer::new(&self.expand(INFO_AEAD)?)?,
+            blob_id_key: self.expand(INFO_BLOB_ID)?,
+            gear_key: self.expand(INFO_GEAR)?,
+            fast_hash_key: self.expand(INFO_FAST_HASH)?,
+        })
+    }
+}
+
+/// Subkeys derived from the master key with HKDF-SHA256.
+pub(crate) struct Keys {
+    pub sealer: Sealer,
+    pub blob_id_key: [u8; 32],
+    pub gear_key: [u8; 32],
+    pub fast_hash_key: [u8; 32],
+}
+
+/// AES-256-GCM with a random 96-bit nonce per message: `nonce ‖ ciphertext ‖ tag`.
+pub(crate) struct Sealer {
+    key: LessSafeKey,
+}
+
+impl Sealer {
+    pub(crate) fn new(key: &[u8; 32]) -> Result<Sealer> {
+        let unbound =
+            UnboundKey::new(&aead::AES_256_GCM, key).map_err(|_| Error::Crypto("AES-256-GCM key".into()))?;
+        Ok(Sealer {
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    /// Seals `plaintext`, binding `aad` (which is authenticated, not stored).
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_BYTES);
+        let mut nonce = [0u8; NONCE_BYTES];
+        random_bytes(&mut nonce)?;
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_BYTES..],
+            )
+            .map_err(|_| Error::Crypto("seal".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens a sealed message; `Err(())` when it was damaged, forged or sealed with another key.
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ()> {
+        if sealed.len() < SEAL_OVERHEAD_BYTES {
+            return Err(());
+        }
+        let nonce: [u8; NONCE_BYTES] = sealed[..NONCE_BYTES].try_into().map_err(|_| ())?;
+        let mut buf = sealed[NONCE_BYTES..].to_vec();
+        let plain_len = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| ())?
+            .len();
+        debug_assert_eq!(plain_len + TAG_BYTES, sealed.len() - NONCE_BYTES);
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let s = Sealer::new(&[7u8; 32]).expect("key");
+        let sealed = s.seal(b"ctx", b"hello world").expect("seal");
+        assert_eq!(s.open(b"ctx", &sealed).expect("open"), b"hello world");
+        assert!(s.open(b"other", &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[NONCE_BYTES + 1] ^= 1;
+        assert!(s.open(b"ctx", &bad).is_err());
+        assert!(s.open(b"ctx", &sealed[..5]).is_err());
+    }
+
+    #[test]
+    fn key_file_wraps_and_rejects_wrong_password() {
+        let kdf = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            ..KdfParams::default()
+        };
+        let mk = MasterKey::generate().expect("rng");
+        let kf = KeyFile::wrap(&mk, b"right", &kdf).expect("wrap");
+        let got = kf.unwrap_key(b"right", "k").expect("ok").expect("opens");
+        assert_eq!(got.0, mk.0);
+        assert!(kf.unwrap_key(b"wrong", "k").expect("ok").is_none());
+    }
+}

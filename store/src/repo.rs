@@ -1,0 +1,531 @@
+//! The repository: opening with a password, sealing blobs into packs, the index, trees and
+//! snapshots.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{KdfParams, KeyFile, Keys, MasterKey};
+use crate::error::{Error, Result};
+use crate::index::{Index, IndexFile, IndexPack};
+use crate::limits::{
+    DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_BLOB_BYTES, MIN_COMPRESSION_GAIN_DIVISOR, PACK_TARGET_BYTES,
+};
+use crate::pack::{FLAG_ZSTD, PackBuilder, PackRecord, blob_aad, parse_pack};
+use crate::{BlobId, BlobKind, BlobLocation, IndexId, KeyId, PackId, Snapshot, SnapshotId, Tree, TreeId};
+
+const INDEX_AAD: &[u8] = b"podvault index v1";
+const SNAPSHOT_AAD: &[u8] = b"podvault snapshot v1";
+
+/// Index files are written after this many new packs, so an interrupted backup leaves its
+/// uploaded packs indexed and a later run can reuse them.
+const INDEX_FLUSH_PACKS: usize = 32;
+
+/// The repository's `config` file (plain JSON: it holds nothing secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Format version; this build reads and writes 1.
+    pub version: u32,
+    /// Random repository id (hex).
+    pub id: String,
+    /// When the repository was created.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Content-defined chunking sizes.
+    pub chunker: ChunkerParams,
+    /// Argon2id parameters for new keys.
+    pub kdf: KdfParams,
+}
+
+/// Choices made when creating a repository.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Chunk sizes (defaults: see [`crate::limits`]).
+    pub chunker: ChunkerParams,
+    /// Argon2id parameters of the first key and defaults for later ones.
+    pub kdf: KdfParams,
+}
+
+/// What [`Repository::save_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// The repository already had the blob.
+    Known,
+    /// The blob was added; `stored_bytes` is its sealed size.
+    New {
+        /// Bytes the blob takes in its pack.
+        stored_bytes: u64,
+    },
+}
+
+/// An open repository. All methods take `&self` and may be called from many threads.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    master: MasterKey,
+    keys: Keys,
+    chunker: Chunker,
+    key_id: KeyId,
+    zstd_level: i32,
+    index: RwLock<Index>,
+    /// Blobs accepted into a pack that is not written yet.
+    pending: Mutex<HashSet<BlobId>>,
+    data_pack: Mutex<PackBuilder>,
+    tree_pack: Mutex<PackBuilder>,
+    /// Packs written but not yet listed in an index file.
+    unindexed: Mutex<Vec<IndexPack>>,
+}
+
+fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).map_err(|e| Error::Crypto(format!("encoding: {e}")))?;
+    Ok(out)
+}
+
+fn uncbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str, name: &str) -> Result<T> {
+    ciborium::from_reader(bytes).map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
+}
+
+impl Repository {
+    /// Creates a new repository in an empty location, with one key for `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+        options.chunker.validate()?;
+        options.kdf.validate()?;
+        let mut id = [0u8; 32];
+        crate::crypto::random_bytes(&mut id)?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(id),
+            created: chrono::Utc::now(),
+            chunker: options.chunker,
+            kdf: options.kdf.clone(),
+        };
+        backend.create()?;
+        let master = MasterKey::generate()?;
+        let key_file = KeyFile::wrap(&master, password, &config.kdf)?;
+        let key_bytes = serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
+        let key_id = KeyId::from_bytes(*blake3::hash(&key_bytes).as_bytes());
+        backend.write(FileKind::Key, &key_id.to_hex(), &key_bytes)?;
+        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Crypto(e.to_string()))?;
+        // The config is written last: a location without it is not (yet) a repository.
+        backend.write(FileKind::Config, "config", &config_bytes)?;
+        Self::with_key(backend, config, &master, key_id, Index::default())
+    }
+
+    fn with_key(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        master: &MasterKey,
+        key_id: KeyId,
+        index: Index,
+    ) -> Result<Repository> {
+        let keys = master.derive()?;
+        let chunker = Chunker::new(config.chunker, &keys.gear_key)?;
+        Ok(Repository {
+            backend,
+            config,
+            master: MasterKey(master.0),
+            keys,
+            chunker,
+            key_id,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            index: RwLock::new(index),
+            pending: Mutex::new(HashSet::new()),
+            data_pack: Mutex::new(PackBuilder::default()),
+            tree_pack: Mutex::new(PackBuilder::default()),
+            unindexed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Reads and validates the config of the repository at `backend`.
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let not_repo = |reason: String| Error::NotARepository {
+            location: backend.location(),
+            reason,
+        };
+        let bytes = match backend.read(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Err(not_repo("it has no config file".into())),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(not_repo("it is not a directory".into()));
+            }
+            Err(e) => return Err(e),
+        };
+        let config: Config =
+            serde_json::from_slice(&bytes).map_err(|e| not_repo(format!("its config file is not valid: {e}")))?;
+        if config.version != FORMAT_VERSION {
+            return Err(not_repo(format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        config.chunker.validate()?;
+        Ok(config)
+    }
+
+    /// Opens an existing repository with a password and loads its index.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let config = Self::read_config(backend.as_ref())?;
+        let key_names = backend.list(FileKind::Key)?;
+        let mut found = None;
+        for (name, _) in &key_names {
+            let bytes = backend.read(FileKind::Key, name)?;
+            let key_file: KeyFile = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::corrupt("key", name.clone(), format!("not valid JSON: {e}")))?;
+            if let Some(master) = key_file.unwrap_key(password, name)? {
+                let id = KeyId::from_hex(name).ok_or_else(|| Error::corrupt("key", name.clone(), "bad file name"))?;
+                found = Some((master, id));
+                break;
+            }
+        }
+        let Some((master, key_id)) = found else {
+            if key_names.is_empty() {
+                return Err(Error::NotARepository {
+                    location: backend.location(),
+                    reason: "it has no key files".into(),
+                });
+            }
+            return Err(Error::WrongPassword {
+                location: backend.location(),
+                keys: key_names.len(),
+            });
+        };
+        let repo = Self::with_key(backend, config, &master, key_id, Index::default())?;
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    fn load_index(&self) -> Result<()> {
+        let mut index = Index::default();
+        for (name, _) in self.backend.list(FileKind::Index)? {
+            let file = self.read_index_file(&name)?;
+            for pack in &file.packs {
+                let records = pack
+                    .records()
+                    .ok_or_else(|| Error::corrupt("index", name.clone(), "unknown blob kind"))?;
+                index.add_pack(pack.id, &records);
+            }
+        }
+        *self.index.write() = index;
+        Ok(())
+    }
+
+    pub(crate) fn read_index_file(&self, name: &str) -> Result<IndexFile> {
+        let sealed = self.backend.read(FileKind::Index, name)?;
+        let plain = self
+            .keys
+            .sealer
+            .open(INDEX_AAD, &sealed)
+            .map_err(|_| Error::corrupt("index", name, "fails authentication (damaged, or written with another key)"))?;
+        uncbor(&plain, "index", name)
+    }
+
+    /// Adds another password that opens the same master key; returns the new key's id.
+    pub fn add_key(&self, password: &[u8]) -> Result<KeyId> {
+        let key_file = KeyFile::wrap(&self.master, password, &self.config.kdf)?;
+        let key_bytes = serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
+        let id = KeyId::from_bytes(*blake3::hash(&key_bytes).as_bytes());
+        self.backend.write(FileKind::Key, &id.to_hex(), &key_bytes)?;
+        Ok(id)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The id of the key this repository was opened with.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The keyed chunker of this repository.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// Key for fast keyed hashes of content (derived from the master key).
+    pub fn fast_hash_key(&self) -> &[u8; 32] {
+        &self.keys.fast_hash_key
+    }
+
+    /// Sets the zstd level for new blobs (1..=22, or negative for the fast levels).
+    pub fn set_zstd_level(&mut self, level: i32) -> Result<()> {
+        if !zstd::compression_level_range().contains(&level) {
+            return Err(Error::InvalidParameter {
+                name: "compression level",
+                reason: format!("{level} is outside {:?}", zstd::compression_level_range()),
+            });
+        }
+        self.zstd_level = level;
+        Ok(())
+    }
+
+    /// The id a blob with this plaintext has in this repository (keyed BLAKE3).
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId::from_bytes(*blake3::keyed_hash(&self.keys.blob_id_key, data).as_bytes())
+    }
+
+    /// Whether the repository has (or is about to write) a blob.
+    pub fn has_blob(&self, id: &BlobId) -> bool {
+        self.index.read().contains(id) || self.pending.lock().contains(id)
+    }
+
+    /// Where a blob is stored, if the index knows it.
+    pub fn locate(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.index.read().get(id)
+    }
+
+    /// Number of blobs in the index.
+    pub fn blob_count(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Stores a blob unless the repository already has it. `id` must be [`blob_id`](Self::blob_id)
+    /// of `data`. Concurrent callers may race and store a blob twice; never zero times.
+    pub fn save_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
+        if data.len() > MAX_BLOB_BYTES {
+            return Err(Error::InvalidParameter {
+                name: "blob size",
+                reason: format!("{} bytes exceeds {MAX_BLOB_BYTES}", data.len()),
+            });
+        }
+        if self.index.read().contains(&id) || !self.pending.lock().insert(id) {
+            return Ok(SaveOutcome::Known);
+        }
+        let result = self.seal_and_add(kind, id, data);
+        if result.is_err() {
+            self.pending.lock().remove(&id);
+        }
+        result
+    }
+
+    fn seal_and_add(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
+        let level = if kind == BlobKind::Tree { DEFAULT_ZSTD_LEVEL } else { self.zstd_level };
+        let compressed = zstd::bulk::compress(data, level).map_err(|e| Error::Crypto(format!("zstd: {e}")))?;
+        let (flags, payload) = if compressed.len() + data.len() / MIN_COMPRESSION_GAIN_DIVISOR < data.len() {
+            (FLAG_ZSTD, compressed.as_slice())
+        } else {
+            (0, data)
+        };
+        let sealed = self.keys.sealer.seal(&blob_aad(kind, flags, &id), payload)?;
+        let stored_bytes = sealed.len() as u64;
+        let full = {
+            let mut builder = match kind {
+                BlobKind::Data => self.data_pack.lock(),
+                BlobKind::Tree => self.tree_pack.lock(),
+            };
+            builder.add(kind, flags, id, data.len() as u32, &sealed)?;
+            (builder.len() >= PACK_TARGET_BYTES).then(|| std::mem::take(&mut *builder))
+        };
+        if let Some(builder) = full {
+            self.write_pack(builder)?;
+        }
+        Ok(SaveOutcome::New { stored_bytes })
+    }
+
+    fn write_pack(&self, builder: PackBuilder) -> Result<()> {
+        let (id, bytes, records) = builder.finish(&self.keys.sealer)?;
+        let written = self.backend.write(FileKind::Pack, &id.to_hex(), &bytes);
+        let mut pending = self.pending.lock();
+        for r in &records {
+            pending.remove(&r.id);
+        }
+        written?;
+        self.index.write().add_pack(id, &records);
+        drop(pending);
+        let batch = {
+            let mut unindexed = self.unindexed.lock();
+            unindexed.push(IndexPack::from_records(id, &records));
+            (unindexed.len() >= INDEX_FLUSH_PACKS).then(|| std::mem::take(&mut *unindexed))
+        };
+        if let Some(batch) = batch {
+            self.write_index_file(batch)?;
+        }
+        Ok(())
+    }
+
+    fn write_index_file(&self, packs: Vec<IndexPack>) -> Result<IndexId> {
+        let plain = cbor(&IndexFile { packs })?;
+        let sealed = self.keys.sealer.seal(INDEX_AAD, &plain)?;
+        let id = IndexId::from_bytes(*blake3::hash(&sealed).as_bytes());
+        self.backend.write(FileKind::Index, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    /// Writes every partly filled pack, then an index file for all packs not yet indexed.
+    /// After it returns, every blob saved so far is durable and findable.
+    pub fn flush(&self) -> Result<()> {
+        for packer in [&self.data_pack, &self.tree_pack] {
+            let builder = std::mem::take(&mut *packer.lock());
+            if !builder.is_empty() {
+                self.write_pack(builder)?;
+            }
+        }
+        let batch = std::mem::take(&mut *self.unindexed.lock());
+        if !batch.is_empty() {
+            self.write_index_file(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Reads, authenticates, decompresses and verifies one blob.
+    pub fn load_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self.locate(id).ok_or_else(|| Error::MissingBlob {
+            kind,
+            id: id.to_hex(),
+        })?;
+        let sealed = self.backend.read_range(
+            FileKind::Pack,
+            &loc.pack.to_hex(),
+            u64::from(loc.offset),
+            u64::from(loc.sealed_len),
+        )?;
+        if sealed.len() != loc.sealed_len as usize {
+            return Err(Error::corrupt(
+                "pack",
+                loc.pack.to_hex(),
+                format!("truncated: {kind} blob {} lies beyond its end", id.short()),
+            ));
+        }
+        self.open_blob(id, &loc, &sealed)
+    }
+
+    /// Opens a sealed blob read from its pack and checks that its content has the id.
+    pub fn open_blob(&self, id: &BlobId, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+        let damaged = |reason: String| Error::corrupt("pack", loc.pack.to_hex(), reason);
+        let payload = self
+            .keys
+            .sealer
+            .open(&blob_aad(loc.kind, loc.flags, id), sealed)
+            .map_err(|_| damaged(format!("{} blob {} fails authentication", loc.kind, id.short())))?;
+        let plain = if loc.compressed() {
+            let mut out = Vec::with_capacity(loc.raw_len as usize);
+            zstd::stream::read::Decoder::new(payload.as_slice())
+                .and_then(|d| d.take(u64::from(loc.raw_len) + 1).read_to_end(&mut out))
+                .map_err(|e| damaged(format!("{} blob {} does not decompress: {e}", loc.kind, id.short())))?;
+            out
+        } else {
+            payload
+        };
+        if plain.len() != loc.raw_len as usize || self.blob_id(&plain) != *id {
+            return Err(damaged(format!("{} blob {} has the wrong content", loc.kind, id.short())));
+        }
+        Ok(plain)
+    }
+
+    /// Stores a tree and returns its id.
+    pub fn save_tree(&self, tree: &Tree) -> Result<(TreeId, SaveOutcome)> {
+        let bytes = cbor(tree)?;
+        let id = self.blob_id(&bytes);
+        let outcome = self.save_blob(BlobKind::Tree, id, &bytes)?;
+        Ok((TreeId::from(id), outcome))
+    }
+
+    /// Loads a tree.
+    pub fn load_tree(&self, id: &TreeId) -> Result<Tree> {
+        let bytes = self.load_blob(BlobKind::Tree, &BlobId::from(*id))?;
+        uncbor(&bytes, "tree", &id.to_hex())
+    }
+
+    /// Writes a snapshot (call [`flush`](Self::flush) first) and returns its id.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let plain = cbor(snapshot)?;
+        let sealed = self.keys.sealer.seal(SNAPSHOT_AAD, &plain)?;
+        let id = SnapshotId::from_bytes(*blake3::hash(&sealed).as_bytes());
+        self.backend.write(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    /// Loads one snapshot by its full id.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let name = id.to_hex();
+        let sealed = self.backend.read(FileKind::Snapshot, &name)?;
+        if *blake3::hash(&sealed).as_bytes() != *id.as_bytes() {
+            return Err(Error::corrupt("snapshot", name, "content does not match its name"));
+        }
+        let plain = self
+            .keys
+            .sealer
+            .open(SNAPSHOT_AAD, &sealed)
+            .map_err(|_| Error::corrupt("snapshot", name.clone(), "fails authentication"))?;
+        uncbor(&plain, "snapshot", &name)
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Some(id) = SnapshotId::from_hex(&name) else {
+                continue;
+            };
+            out.push((id, self.load_snapshot(&id)?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id or a unique hex prefix (at least 4 digits).
+    pub fn find_snapshot(&self, reference: &str) -> Result<(SnapshotId, Snapshot)> {
+        let err = |reason: &str| Error::SnapshotRef {
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        };
+        if reference == "latest" {
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| err("the repository has no snapshots"));
+        }
+        if reference.len() < 4 || !reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err("expected `latest` or at least 4 hex digits of an id"));
+        }
+        let lower = reference.to_ascii_lowercase();
+        let matches: Vec<String> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(&lower))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(err("no snapshot has this id")),
+            [one] => {
+                let id = SnapshotId::from_hex(one).ok_or_else(|| err("bad snapshot file name"))?;
+                Ok((id, self.load_snapshot(&id)?))
+            }
+            _ => Err(err(&format!("the prefix matches {} snapshots", matches.len()))),
+        }
+    }
+
+    /// The latest snapshot of `source` on `host`, if any.
+    pub fn latest_of(&self, source: &str, host: &str) -> Result<Option<(SnapshotId, Snapshot)>> {
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, s)| s.source == source && s.host == host)
+            .next_back())
+    }
+
+    pub(crate) fn index_packs(&self) -> Vec<PackId> {
+        self.index.read().packs().to_vec()
+    }
+
+    pub(crate) fn index_blobs(&self) -> Vec<(BlobId, BlobLocation)> {
+        self.index.read().iter().collect()
+    }
+
+    pub(crate) fn parse_pack(&self, name: &str, bytes: &[u8]) -> Result<Vec<PackRecord>> {
+        parse_pack(&self.keys.sealer, name, bytes)
+    }
+}
+
