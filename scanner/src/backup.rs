@@ -353,6 +353,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
             path: source.clone(),
             reason: "root tree missing".into(),
         })?,
+        root,
         username: podvault_store::this_user(),
         program_version: env!("CARGO_PKG_VERSION").to_string(),
         summary,

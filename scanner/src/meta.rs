@@ -66,8 +66,6 @@ pub(crate) fn node_from_metadata(name: &[u8], meta: &Metadata, kind: NodeKind) -
         group: None,
         mtime: meta.mtime(),
         mtime_nsec: meta.mtime_nsec() as u32,
-        atime: meta.atime(),
-        atime_nsec: meta.atime_nsec() as u32,
         ctime: meta.ctime(),
         ctime_nsec: meta.ctime_nsec() as u32,
         size: if kind == NodeKind::File { meta.size() } else { 0 },
@@ -167,9 +165,11 @@ pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
         }
     }
     let times = Timestamps {
+        // Access times are not backed up: reading a directory changes its own, so keeping
+        // them would make every snapshot differ. The restored entry keeps its new one.
         last_access: Timespec {
-            tv_sec: node.atime,
-            tv_nsec: node.atime_nsec as _,
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
         last_modification: Timespec {
             tv_sec: node.mtime,

@@ -149,7 +149,11 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, options: &RestoreOptions)
             .warnings
             .extend(warnings.into_iter().map(|w| format!("{}: {w}", path.display())));
     }
-    report.dirs = dirs.len() as u64;
+    let warnings = meta::apply(&target, &snapshot.root, as_root);
+    report
+        .warnings
+        .extend(warnings.into_iter().map(|w| format!("{}: {w}", target.display())));
+    report.dirs = dirs.len() as u64 + 1;
     Ok(report)
 }
 
@@ -318,10 +322,7 @@ fn write_file(repo: &Repository, path: &Path, node: &Node, progress: Option<&Pro
             path: path.to_path_buf(),
             source,
         })?;
-        if !is_zero(&data) {
-            file.write_all_at(&data, offset).map_err(write_err)?;
-            written += data.len() as u64;
-        }
+        written += write_sparse(&file, &data, offset).map_err(write_err)?;
         offset += data.len() as u64;
         if let Some(p) = progress {
             p.add_done(0, data.len() as u64);
@@ -341,6 +342,38 @@ fn write_file(repo: &Repository, path: &Path, node: &Node, progress: Option<&Pro
     }
     if let Some(p) = progress {
         p.add_done(1, 0);
+    }
+    Ok(written)
+}
+
+/// Holes are kept at this granularity: aligned all-zero blocks of this size are not written.
+const HOLE_BLOCK_BYTES: u64 = 4096;
+
+/// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes in the
+/// (freshly created) file; returns the bytes actually written.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
+    let mut written = 0u64;
+    let mut pos = 0usize;
+    let mut run_start: Option<usize> = None;
+    while pos < data.len() {
+        // Blocks are aligned to the file, not to the chunk.
+        let to_boundary = (HOLE_BLOCK_BYTES - (offset + pos as u64) % HOLE_BLOCK_BYTES) as usize;
+        let end = (pos + to_boundary).min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..pos], offset + start as u64)?;
+                written += (pos - start) as u64;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+        written += (data.len() - start) as u64;
     }
     Ok(written)
 }

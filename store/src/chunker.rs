@@ -163,7 +163,7 @@ mod tests {
                 prop_assert_eq!(off, next);
                 prop_assert!(len <= 4096);
                 if i + 1 < chunks.len() {
-                    prop_assert!(len > 256);
+                    prop_assert!(len >= 256);
                 }
                 next += len;
             }

@@ -263,3 +263,21 @@ mod tests {
         assert!(kf.unwrap_key(b"wrong", "k").expect("ok").is_none());
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// The HKDF labels are part of the format: a fixed master key must always give the same
+    /// blob ids and gear table.
+    #[test]
+    fn subkeys_of_a_fixed_master_key_never_change() {
+        let keys = MasterKey([1u8; 32]).derive().expect("derive");
+        let id = blake3::keyed_hash(&keys.blob_id_key, b"podvault");
+        assert_eq!(id.to_hex().as_str(), GOLDEN_BLOB_ID);
+        assert_eq!(hex::encode(keys.gear_key), GOLDEN_GEAR_KEY);
+    }
+
+    const GOLDEN_BLOB_ID: &str = "a0685390380dbfe67b1ea49514caeb187d95e69c8bd03823651cbedc85410f9f";
+    const GOLDEN_GEAR_KEY: &str = "529bd5a2fa5586dfcd4785faf6d15cd47fbcbe7487459e529fa3042c812044ac";
+}

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{SnapshotId, TreeId};
+use crate::{Node, SnapshotId, TreeId};
 
 /// Statistics of one backup run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub parent: Option<SnapshotId>,
     /// The root tree: the source directory's listing.
     pub tree: TreeId,
+    /// The source directory's own metadata (owner, mode, times, xattrs), restored onto the
+    /// target directory. Its name is empty and its `subtree` is `tree`.
+    pub root: Node,
     /// Who ran it.
     pub username: String,
     /// Version of podvault that wrote it.

@@ -59,10 +59,6 @@ pub struct Node {
     pub mtime: i64,
     /// Nanoseconds part of the modification time.
     pub mtime_nsec: u32,
-    /// Access time: seconds since the epoch.
-    pub atime: i64,
-    /// Nanoseconds part of the access time.
-    pub atime_nsec: u32,
     /// Status change time: seconds (used to detect unchanged files; not restorable).
     pub ctime: i64,
     /// Nanoseconds part of the status change time.

@@ -1,0 +1,563 @@
+//! Backup and restore of real files on disk, compared attribute by attribute.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use podvault_scanner::{BackupOptions, Error, ParentChoice, RestoreOptions, backup, restore};
+use podvault_store::{
+    ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot, Summary, Tree,
+};
+use proptest::prelude::*;
+use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
+
+fn fast_kdf() -> KdfParams {
+    KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        ..KdfParams::default()
+    }
+}
+
+/// A repository with small chunks so that small test files still have several.
+fn new_repo(dir: &Path) -> Repository {
+    let options = InitOptions {
+        chunker: ChunkerParams {
+            min_bytes: 16 * 1024,
+            avg_bytes: 64 * 1024,
+            max_bytes: 256 * 1024,
+        },
+        kdf: fast_kdf(),
+    };
+    Repository::init(Arc::new(DirBackend::new(dir.join("repo"))), b"pw", &options).expect("init")
+}
+
+/// SplitMix64: a tiny deterministic generator driven by proptest's seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+fn set_times(path: &Path, sec: i64, nsec: i64) {
+    let ts = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    let times = Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).expect("utimensat");
+}
+
+fn name(rng: &mut Rng, i: usize) -> Vec<u8> {
+    let mut n = match rng.below(8) {
+        0 => b"with space".to_vec(),
+        1 => b"new\nline".to_vec(),
+        2 => vec![b'x', 0xff, 0xfe, b'y'], // not UTF-8
+        3 => b".hidden".to_vec(),
+        4 => vec![b'L'; 200],
+        5 => "ünïcødé".as_bytes().to_vec(),
+        _ => format!("f{}", rng.below(1000)).into_bytes(),
+    };
+    n.extend_from_slice(format!("-{i}").as_bytes());
+    n
+}
+
+/// POSIX ACL granting uid 1000 read access (system.posix_acl_access, version 2).
+fn acl_value() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 4, u32::MAX)] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// File capability CAP_NET_BIND_SERVICE, effective (security.capability, revision 2).
+fn capability_value() -> Vec<u8> {
+    let mut v = 0x0200_0001u32.to_le_bytes().to_vec();
+    for w in [1u32 << 10, 0, 0, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Builds a random tree with every kind of entry and attribute point 4 of the design lists.
+fn build_tree(root: &Path, seed: u64) {
+    let mut rng = Rng(seed);
+    fs::create_dir_all(root).expect("root");
+    let mut dirs = vec![root.to_path_buf()];
+    let mut files: Vec<PathBuf> = Vec::new();
+    let file_modes = [0o644, 0o600, 0o755, 0o444, 0o4755, 0o2755, 0o6711];
+    let dir_modes = [0o755, 0o700, 0o1777, 0o2775];
+    for i in 0..40 {
+        let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
+        let path = parent.join(OsStr::from_bytes(&name(&mut rng, i)));
+        match rng.below(12) {
+            0..=4 => {
+                let size = match rng.below(5) {
+                    0 => 0,
+                    1 => rng.below(5000) as usize,
+                    2 => 100_000 + rng.below(400_000) as usize,
+                    _ => rng.below(2000) as usize,
+                };
+                let mut data = rng.bytes(size);
+                if size > 1000 && rng.below(2) == 0 {
+                    // Compressible: repeat a short pattern over half the file.
+                    let half = size / 2;
+                    for j in half..size {
+                        data[j] = data[j % 97];
+                    }
+                }
+                fs::write(&path, &data).expect("write");
+                fs::set_permissions(&path, fs::Permissions::from_mode(file_modes[rng.below(7) as usize]))
+                    .expect("chmod");
+                files.push(path.clone());
+            }
+            5 => {
+                // Sparse: data, a 2 MiB hole, data, and a trailing hole.
+                let f = fs::File::create(&path).expect("create");
+                f.set_len(3 << 20).expect("len");
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&rng.bytes(4096), 0).expect("write");
+                f.write_all_at(&rng.bytes(4096), 2 << 20).expect("write");
+                files.push(path.clone());
+            }
+            6 | 7 => {
+                fs::create_dir(&path).expect("mkdir");
+                fs::set_permissions(&path, fs::Permissions::from_mode(dir_modes[rng.below(4) as usize]))
+                    .expect("chmod");
+                dirs.push(path.clone());
+            }
+            8 => {
+                let target = match rng.below(3) {
+                    0 => PathBuf::from("../../etc/passwd"),
+                    1 => PathBuf::from("/nonexistent/target"),
+                    _ => PathBuf::from(OsStr::from_bytes(&name(&mut rng, 999))),
+                };
+                std::os::unix::fs::symlink(target, &path).expect("symlink");
+            }
+            9 => {
+                rustix::fs::mknodat(CWD, &path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0)
+                    .expect("mkfifo");
+            }
+            10 if !files.is_empty() => {
+                let to = &files[rng.below(files.len() as u64) as usize];
+                fs::hard_link(to, &path).expect("link");
+            }
+            10 => continue,
+            _ => {
+                if is_root() {
+                    let dev = rustix::fs::makedev(1, 3);
+                    let kind = if rng.below(2) == 0 {
+                        rustix::fs::FileType::CharacterDevice
+                    } else {
+                        rustix::fs::FileType::BlockDevice
+                    };
+                    rustix::fs::mknodat(CWD, &path, kind, rustix::fs::Mode::from_raw_mode(0o600), dev).expect("mknod");
+                }
+            }
+        }
+        if let Ok(m) = fs::symlink_metadata(&path)
+            && !m.file_type().is_symlink()
+        {
+            // user.* attributes exist only on regular files and directories.
+            if (m.is_file() || m.is_dir()) && rng.below(3) == 0 {
+                let n = rng.below(100) as usize;
+                rustix::fs::lsetxattr(&path, "user.note", &rng.bytes(n), XattrFlags::empty())
+                    .expect("xattr");
+            }
+            if is_root() && rng.below(4) == 0 {
+                rustix::fs::chownat(
+                    CWD,
+                    &path,
+                    Some(rustix::fs::Uid::from_raw(1000 + rng.below(5) as u32)),
+                    Some(rustix::fs::Gid::from_raw(2000 + rng.below(5) as u32)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .expect("chown");
+            }
+        }
+    }
+    // One of each special attribute, always.
+    let acl = root.join("acl-file");
+    fs::write(&acl, b"acl").expect("write");
+    rustix::fs::lsetxattr(&acl, "system.posix_acl_access", &acl_value(), XattrFlags::empty()).expect("acl");
+    if is_root() {
+        let cap = root.join("cap-file");
+        fs::write(&cap, b"cap").expect("write");
+        fs::set_permissions(&cap, fs::Permissions::from_mode(0o755)).expect("chmod");
+        rustix::fs::lsetxattr(&cap, "security.capability", &capability_value(), XattrFlags::empty()).expect("cap");
+    }
+    fs::create_dir(root.join("empty-dir")).expect("mkdir");
+    let mut deep = root.join("deep");
+    for level in 0..30 {
+        deep = deep.join(format!("{level:03}-{}", "d".repeat(90)));
+    }
+    fs::create_dir_all(&deep).expect("deep");
+    fs::write(deep.join("leaf"), b"deep leaf").expect("leaf");
+    // Times last, deepest first, so creating children does not change them.
+    let mut all: Vec<PathBuf> = walk(root).into_iter().map(|(p, _)| p).collect();
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in all {
+        set_times(&p, 1_500_000_000 + rng.below(100_000_000) as i64, rng.below(1_000_000_000) as i64);
+    }
+}
+
+/// Every entry under `root` (excluding it) with its path relative to root.
+fn walk(root: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let rel = p.strip_prefix(root).expect("under root").to_path_buf();
+            if fs::symlink_metadata(&p).expect("lstat").is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, rel));
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut list = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(path, &mut list[..]).unwrap_or(0);
+    let mut out: Vec<_> = list[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let mut v = vec![0u8; 4096];
+            let len = rustix::fs::lgetxattr(path, name, &mut v[..]).expect("getxattr");
+            v.truncate(len);
+            (name.to_vec(), v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Asserts that `b` restores `a` exactly: kinds, modes, owners, times, contents, link
+/// targets, device numbers, xattrs, hard-link structure and holes.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let ea = walk(a);
+    let eb = walk(b);
+    let names_a: Vec<_> = ea.iter().map(|e| &e.1).collect();
+    let names_b: Vec<_> = eb.iter().map(|e| &e.1).collect();
+    assert_eq!(names_a, names_b, "same entries");
+    let mut inode_map: HashMap<u64, u64> = HashMap::new();
+    let roots = (a.to_path_buf(), b.to_path_buf());
+    let pairs = ea.iter().zip(eb.iter()).map(|(x, y)| (&x.0, &y.0));
+    for (pa, pb) in std::iter::once((&roots.0, &roots.1)).chain(pairs) {
+        let ma = fs::symlink_metadata(pa).expect("lstat a");
+        let mb = fs::symlink_metadata(pb).expect("lstat b");
+        let what = pa.display();
+        assert_eq!(ma.file_type(), mb.file_type(), "{what}: type");
+        if !ma.file_type().is_symlink() {
+            assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{what}: mode");
+        }
+        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{what}: owner");
+        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "{what}: mtime");
+        assert_eq!(xattrs(pa), xattrs(pb), "{what}: xattrs");
+        let ft = ma.file_type();
+        if ft.is_file() {
+            assert_eq!(fs::read(pa).expect("read a"), fs::read(pb).expect("read b"), "{what}: content");
+            assert!(mb.blocks() <= ma.blocks() + 8, "{what}: holes kept ({} vs {} blocks)", mb.blocks(), ma.blocks());
+            let mapped = *inode_map.entry(ma.ino()).or_insert(mb.ino());
+            assert_eq!(mapped, mb.ino(), "{what}: hard links");
+            assert_eq!(ma.nlink(), mb.nlink(), "{what}: link count");
+        } else if ft.is_symlink() {
+            assert_eq!(fs::read_link(pa).expect("a"), fs::read_link(pb).expect("b"), "{what}: target");
+        } else if ft.is_char_device() || ft.is_block_device() {
+            assert_eq!(ma.rdev(), mb.rdev(), "{what}: rdev");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_trees_round_trip_with_all_metadata(seed in any::<u64>()) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        build_tree(&src, seed);
+        let repo = new_repo(tmp.path());
+        let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
+        prop_assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
+        let out = tmp.path().join("out");
+        restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+        assert_same_tree(&src, &out);
+        let check = repo.check(podvault_store::CheckOptions { read_data: true }).expect("check");
+        prop_assert!(check.is_ok(), "{:?}", check.problems);
+    }
+}
+
+#[test]
+fn parallel_and_serial_backups_give_identical_trees() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    build_tree(&src, 42);
+    let repo = new_repo(tmp.path());
+    let mut trees = Vec::new();
+    for threads in [1, 2, 8] {
+        let mut o = BackupOptions::new(&src);
+        o.threads = threads;
+        o.parent = ParentChoice::None;
+        trees.push(backup(&repo, &o).expect("backup").snapshot.tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0], trees[2]);
+}
+
+#[test]
+fn unchanged_files_are_reused_and_changed_ones_read() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    for i in 0..20 {
+        fs::write(src.join(format!("f{i}")), format!("content {i}").repeat(1000)).expect("write");
+    }
+    let repo = new_repo(tmp.path());
+    let first = backup(&repo, &BackupOptions::new(&src)).expect("first");
+    assert_eq!(first.snapshot.summary.files_new, 20);
+    fs::write(src.join("f3"), b"changed").expect("write");
+    fs::write(src.join("new"), b"new").expect("write");
+    let second = backup(&repo, &BackupOptions::new(&src)).expect("second");
+    let s = &second.snapshot.summary;
+    assert_eq!(second.snapshot.parent, Some(first.id));
+    assert_eq!((s.files_unmodified, s.files_changed, s.files_new), (19, 1, 1));
+    assert_eq!(s.bytes_read, 7 + 3, "only the changed and the new file are read");
+    let mut o = BackupOptions::new(&src);
+    o.parent = ParentChoice::None;
+    let full = backup(&repo, &o).expect("full");
+    assert_eq!(full.snapshot.summary.files_unmodified, 0);
+    assert_eq!(full.snapshot.tree, second.snapshot.tree);
+    let mut o = BackupOptions::new(&src);
+    o.parent = ParentChoice::Id(first.id);
+    assert_eq!(backup(&repo, &o).expect("explicit parent").snapshot.parent, Some(first.id));
+}
+
+#[test]
+fn a_file_truncated_while_mapped_is_reported_and_the_backup_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    let big = src.join("big.db");
+    let mut rng = Rng(7);
+    let mut f = fs::File::create(&big).expect("create");
+    for _ in 0..64 {
+        f.write_all(&rng.bytes(1 << 20)).expect("write");
+    }
+    drop(f);
+    fs::write(src.join("small"), b"still here").expect("write");
+    let repo = new_repo(tmp.path());
+    let mut o = BackupOptions::new(&src);
+    let target = big.clone();
+    // Each time the file is mapped, something else halves it before it is read.
+    o.after_map = Some(Arc::new(move |p: &Path| {
+        if p == target {
+            let len = fs::metadata(p).expect("stat").len();
+            fs::OpenOptions::new().write(true).open(p).expect("open").set_len(len / 2).expect("truncate");
+        }
+    }));
+    let report = backup(&repo, &o).expect("the backup completes");
+    assert_eq!(report.unreadable.len(), 1);
+    assert!(report.unreadable[0].path.ends_with("big.db"), "{:?}", report.unreadable);
+    assert!(report.unreadable[0].error.contains("shrank"), "{:?}", report.unreadable);
+    let out = tmp.path().join("out");
+    restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+    assert_eq!(fs::read(out.join("small")).expect("small"), b"still here");
+    assert!(!out.join("big.db").exists());
+
+    // Truncated once only: the second attempt reads the shorter file whole.
+    let mut o = BackupOptions::new(&src);
+    let target = big.clone();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    o.after_map = Some(Arc::new(move |p: &Path| {
+        if p == target && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            fs::OpenOptions::new().write(true).open(p).expect("open").set_len(3 << 20).expect("truncate");
+        }
+    }));
+    let report = backup(&repo, &o).expect("backup");
+    assert!(report.unreadable.is_empty());
+    let out = tmp.path().join("out2");
+    restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+    assert_eq!(fs::read(out.join("big.db")).expect("big"), fs::read(&big).expect("big"));
+}
+
+#[test]
+fn missing_source_and_non_directory_are_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    let missing = tmp.path().join("nope");
+    let err = backup(&repo, &BackupOptions::new(&missing)).expect_err("missing");
+    assert!(err.to_string().contains("nope"), "{err}");
+    let file = tmp.path().join("file");
+    fs::write(&file, b"x").expect("write");
+    let err = backup(&repo, &BackupOptions::new(&file)).expect_err("file");
+    assert!(err.to_string().contains("not a directory"), "{err}");
+}
+
+fn snapshot_with(repo: &Repository, nodes: Vec<Node>) -> Snapshot {
+    let (tree, _) = repo.save_tree(&Tree { nodes }).expect("tree");
+    repo.flush().expect("flush");
+    let mut root = plain_node(b"", NodeKind::Dir);
+    root.mode = 0o755;
+    root.subtree = Some(tree);
+    Snapshot {
+        time: chrono::Utc::now(),
+        host: "h".into(),
+        source: "/x".into(),
+        tags: vec![],
+        parent: None,
+        tree,
+        root,
+        username: "u".into(),
+        program_version: "test".into(),
+        summary: Summary::default(),
+    }
+}
+
+fn plain_node(name: &[u8], kind: NodeKind) -> Node {
+    Node {
+        name: name.to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime: 0,
+        mtime_nsec: 0,
+        ctime: 0,
+        ctime_nsec: 0,
+        size: 0,
+        inode: 0,
+        device: 0,
+        links: 1,
+        rdev: 0,
+        content: vec![],
+        subtree: None,
+        link_target: None,
+        xattrs: vec![],
+    }
+}
+
+#[test]
+fn restore_refuses_entries_that_escape_the_target() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    let (empty, _) = repo.save_tree(&Tree::default()).expect("tree");
+    let evil_file = |name: &[u8]| plain_node(name, NodeKind::File);
+    let cases: Vec<(Vec<Node>, &str)> = vec![
+        (vec![evil_file(b"..")], "/.."),
+        (vec![evil_file(b"../outside/pwned")], "outside/pwned"),
+        (vec![evil_file(b"/abs")], "/abs"),
+        (vec![evil_file(b"")], "/"),
+        (vec![evil_file(b"a\0b")], "a"),
+        // A symlink pointing outside, then a directory of the same name holding a file.
+        (
+            {
+                let mut link = plain_node(b"link", NodeKind::Symlink);
+                link.link_target = Some(outside.as_os_str().as_bytes().to_vec());
+                let mut dir = plain_node(b"link", NodeKind::Dir);
+                dir.subtree = Some(empty);
+                vec![link, dir]
+            },
+            "link",
+        ),
+    ];
+    for (i, (nodes, shown)) in cases.into_iter().enumerate() {
+        let snap = snapshot_with(&repo, nodes);
+        let target = tmp.path().join(format!("target{i}"));
+        let err = restore(&repo, &snap, &RestoreOptions::new(&target)).expect_err("refused");
+        assert!(matches!(err, Error::UnsafeEntry { .. }), "case {i}: {err}");
+        assert!(err.to_string().contains(shown), "case {i}: {err}");
+    }
+    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "nothing written outside");
+}
+
+#[test]
+fn restore_into_a_non_empty_directory_needs_overwrite_and_never_follows_links() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).expect("mkdir");
+    fs::write(src.join("sub/file"), b"new content").expect("write");
+    let repo = new_repo(tmp.path());
+    let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
+
+    let target = tmp.path().join("target");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).expect("mkdir");
+    fs::create_dir_all(&target).expect("mkdir");
+    // An attacker-made symlink where the snapshot has a directory.
+    std::os::unix::fs::symlink(&outside, target.join("sub")).expect("symlink");
+    let err = restore(&repo, &report.snapshot, &RestoreOptions::new(&target)).expect_err("not empty");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let mut o = RestoreOptions::new(&target);
+    o.overwrite = true;
+    restore(&repo, &report.snapshot, &o).expect("overwrite");
+    assert!(fs::symlink_metadata(target.join("sub")).expect("sub").is_dir());
+    assert_eq!(fs::read(target.join("sub/file")).expect("file"), b"new content");
+    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "nothing written through the link");
+}
+
+#[test]
+fn a_full_disk_during_restore_is_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    fs::write(src.join("big"), Rng(3).bytes(4 << 20)).expect("write");
+    let repo = new_repo(tmp.path());
+    let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
+    let small = tmp.path().join("small-disk");
+    fs::create_dir(&small).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let result = restore(&repo, &report.snapshot, &RestoreOptions::new(small.join("out")));
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let err = result.expect_err("disk full");
+    let text = format!("{err}");
+    assert!(text.contains("big"), "{text}");
+    assert!(text.to_lowercase().contains("no space"), "{text}");
+}
