@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use podvault_scanner::{BackupOptions, ParentChoice, Progress, RestoreOptions};
-use podvault_store::{Backend, CheckOptions, ChunkerParams, DirBackend, InitOptions, KdfParams, Repository};
+use podvault_store::{
+    Backend, CheckOptions, ChunkerParams, DirBackend, InitOptions, KdfParams, Repository,
+};
 
 use crate::output::{self, ProgressBar};
 use crate::{Global, InitArgs, KeyCommand, RepoCommand, SnapshotCommand};
@@ -25,7 +27,8 @@ fn backend(global: &Global) -> Result<Arc<dyn Backend>> {
 
 /// Reads the first line of a password file.
 fn read_password_file(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
@@ -46,7 +49,9 @@ fn password(global: &Global, confirm: bool) -> Result<Vec<u8>> {
         return Ok(p.into_bytes());
     }
     if !std::io::stdin().is_terminal() {
-        bail!("no password: use --password-file FILE or set PODVAULT_PASSWORD (no terminal to ask on)");
+        bail!(
+            "no password: use --password-file FILE or set PODVAULT_PASSWORD (no terminal to ask on)"
+        );
     }
     prompt("repository password: ", confirm)
 }
@@ -81,14 +86,20 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             } else {
                 output::check(&report);
             }
-            Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         RepoCommand::Key(KeyCommand::Add { new_password_file }) => {
             let repo = open(global)?;
             let new = match new_password_file {
                 Some(f) => read_password_file(&f)?,
                 None if std::io::stdin().is_terminal() => prompt("new password: ", true)?,
-                None => bail!("no new password: use --new-password-file FILE (no terminal to ask on)"),
+                None => {
+                    bail!("no new password: use --new-password-file FILE (no terminal to ask on)")
+                }
             };
             let id = repo.add_key(&new)?;
             if global.json {
@@ -125,7 +136,11 @@ fn init(global: &Global, args: InitArgs) -> Result<ExitCode> {
             "config": repo.config(),
         }))?;
     } else {
-        println!("created repository {} at {}", &repo.config().id[..8], backend.location());
+        println!(
+            "created repository {} at {}",
+            &repo.config().id[..8],
+            backend.location()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,8 +231,13 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             if let Some(bar) = bar {
                 bar.finish();
             }
-            let report =
-                result.with_context(|| format!("restoring snapshot {} into {}", id.short(), args.target.display()))?;
+            let report = result.with_context(|| {
+                format!(
+                    "restoring snapshot {} into {}",
+                    id.short(),
+                    args.target.display()
+                )
+            })?;
             for w in &report.warnings {
                 tracing::warn!("{w}");
             }
@@ -234,7 +254,10 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
                     output::bytes(report.bytes)
                 );
                 if !report.warnings.is_empty() {
-                    println!("{} attributes could not be restored (see warnings above)", report.warnings.len());
+                    println!(
+                        "{} attributes could not be restored (see warnings above)",
+                        report.warnings.len()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

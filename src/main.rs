@@ -33,7 +33,12 @@ pub struct Global {
     #[arg(long, global = true, env = "PODVAULT_REPO", value_name = "PATH")]
     repo: Option<PathBuf>,
     /// Read the repository password from this file (first line).
-    #[arg(long, global = true, env = "PODVAULT_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PODVAULT_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     password_file: Option<PathBuf>,
     /// Print machine-readable JSON on standard output.
     #[arg(long, global = true)]

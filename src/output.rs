@@ -20,7 +20,8 @@ pub fn bytes(n: u64) -> String {
 
 /// Total file bytes per byte newly stored; `None` when nothing was stored.
 pub fn dedup_ratio(s: &Snapshot) -> Option<f64> {
-    (s.summary.bytes_stored > 0).then(|| s.summary.bytes_total as f64 / s.summary.bytes_stored as f64)
+    (s.summary.bytes_stored > 0)
+        .then(|| s.summary.bytes_total as f64 / s.summary.bytes_stored as f64)
 }
 
 pub fn created(report: &BackupReport) {
@@ -43,7 +44,10 @@ pub fn created(report: &BackupReport) {
         bytes(s.bytes_stored)
     );
     if !report.unreadable.is_empty() {
-        println!("{} entries could not be read and are not in the snapshot:", report.unreadable.len());
+        println!(
+            "{} entries could not be read and are not in the snapshot:",
+            report.unreadable.len()
+        );
         for u in &report.unreadable {
             println!("  {}: {}", u.path, u.error);
         }
@@ -51,7 +55,10 @@ pub fn created(report: &BackupReport) {
 }
 
 pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
-    println!("{:<10} {:<20} {:<16} {:>10}  {:<24} tags", "id", "time", "host", "size", "source");
+    println!(
+        "{:<10} {:<20} {:<16} {:>10}  {:<24} tags",
+        "id", "time", "host", "size", "source"
+    );
     for (id, s) in snaps {
         println!(
             "{:<10} {:<20} {:<16} {:>10}  {:<24} {}",
@@ -75,7 +82,9 @@ pub fn show(id: &SnapshotId, s: &Snapshot) {
     println!("tags       {}", s.tags.join(", "));
     println!(
         "parent     {}",
-        s.parent.map(|p| p.to_hex()).unwrap_or_else(|| "none".into())
+        s.parent
+            .map(|p| p.to_hex())
+            .unwrap_or_else(|| "none".into())
     );
     println!("tree       {}", s.tree);
     println!(
@@ -85,7 +94,11 @@ pub fn show(id: &SnapshotId, s: &Snapshot) {
     println!("dirs       {}   other {}", m.dirs, m.others);
     println!("bytes      {}", bytes(m.bytes_total));
     println!("read       {}", bytes(m.bytes_read));
-    println!("new bytes  {} (stored as {})", bytes(m.bytes_new), bytes(m.bytes_stored));
+    println!(
+        "new bytes  {} (stored as {})",
+        bytes(m.bytes_new),
+        bytes(m.bytes_stored)
+    );
     match dedup_ratio(s) {
         Some(r) => println!("dedup      {r:.2}x (file bytes per byte stored)"),
         None => println!("dedup      nothing new stored"),

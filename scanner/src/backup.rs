@@ -25,7 +25,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
-use podvault_store::{BlobId, BlobKind, Node, NodeKind, Repository, SaveOutcome, Snapshot, SnapshotId, Summary, Tree};
+use podvault_store::{
+    BlobId, BlobKind, Node, NodeKind, Repository, SaveOutcome, Snapshot, SnapshotId, Summary, Tree,
+};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -34,7 +36,10 @@ use crate::meta::{self, Names};
 use crate::progress::Progress;
 
 /// Bytes of a mapped file handed to the chunk workers at a time (then released).
-const WINDOW_BYTES: usize = 32 * 1024 * 1024;
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// A callback given a file's path.
+pub type FileHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 /// Which snapshot to compare with to skip unchanged files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,7 +73,7 @@ pub struct BackupOptions {
     pub progress: Option<Arc<Progress>>,
     /// Called with each file's path right after it is mapped and before it is read.
     #[doc(hidden)]
-    pub after_map: Option<Arc<dyn Fn(&Path) + Send + Sync>>,
+    pub after_map: Option<FileHook>,
 }
 
 impl BackupOptions {
@@ -135,7 +140,7 @@ struct Ctx<'a> {
     failed: AtomicBool,
     pool: rayon::ThreadPool,
     progress: Option<Arc<Progress>>,
-    after_map: Option<Arc<dyn Fn(&Path) + Send + Sync>>,
+    after_map: Option<FileHook>,
 }
 
 impl Ctx<'_> {
@@ -176,7 +181,13 @@ impl Ctx<'_> {
 
     /// Chunks `data[..]` from `start` up to at least `end` and stores the chunks in parallel;
     /// returns where the last chunk ended.
-    fn store_range(&self, data: &[u8], start: usize, end: usize, content: &mut Vec<BlobId>) -> podvault_store::Result<usize> {
+    fn store_range(
+        &self,
+        data: &[u8],
+        start: usize,
+        end: usize,
+        content: &mut Vec<BlobId>,
+    ) -> podvault_store::Result<usize> {
         let chunker = self.repo.chunker();
         let mut cuts = Vec::new();
         let mut p = start;
@@ -188,9 +199,11 @@ impl Ctx<'_> {
         if cuts.len() == 1 {
             content.push(self.store_chunk(&data[start..p])?);
         } else {
-            let ids: Vec<podvault_store::Result<BlobId>> = self
-                .pool
-                .install(|| cuts.par_iter().map(|&(o, n)| self.store_chunk(&data[o..o + n])).collect());
+            let ids: Vec<podvault_store::Result<BlobId>> = self.pool.install(|| {
+                cuts.par_iter()
+                    .map(|&(o, n)| self.store_chunk(&data[o..o + n]))
+                    .collect()
+            });
             for id in ids {
                 content.push(id?);
             }
@@ -200,7 +213,7 @@ impl Ctx<'_> {
 }
 
 enum Slot {
-    Ready(Node),
+    Ready(Box<Node>),
     Pending(Receiver<Option<Node>>),
 }
 
@@ -368,28 +381,30 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
 
 /// Counts files and bytes with a parallel walk so a progress display can show an ETA.
 fn spawn_prescan(source: PathBuf, progress: Arc<Progress>) {
-    let _ = std::thread::Builder::new().name("podvault-prescan".into()).spawn(move || {
-        let walker = ignore::WalkBuilder::new(&source)
-            .standard_filters(false)
-            .hidden(false)
-            .follow_links(false)
-            .same_file_system(true)
-            .build_parallel();
-        walker.run(|| {
-            let progress = progress.clone();
-            Box::new(move |entry| {
-                if let Ok(e) = entry
-                    && let Ok(m) = e.metadata()
-                    && m.is_file()
-                {
-                    progress.files_total.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes_total.fetch_add(m.len(), Ordering::Relaxed);
-                }
-                ignore::WalkState::Continue
-            })
+    let _ = std::thread::Builder::new()
+        .name("podvault-prescan".into())
+        .spawn(move || {
+            let walker = ignore::WalkBuilder::new(&source)
+                .standard_filters(false)
+                .hidden(false)
+                .follow_links(false)
+                .same_file_system(true)
+                .build_parallel();
+            walker.run(|| {
+                let progress = progress.clone();
+                Box::new(move |entry| {
+                    if let Ok(e) = entry
+                        && let Ok(m) = e.metadata()
+                        && m.is_file()
+                    {
+                        progress.files_total.fetch_add(1, Ordering::Relaxed);
+                        progress.bytes_total.fetch_add(m.len(), Ordering::Relaxed);
+                    }
+                    ignore::WalkState::Continue
+                })
+            });
+            progress.totals_known.store(true, Ordering::Relaxed);
         });
-        progress.totals_known.store(true, Ordering::Relaxed);
-    });
 }
 
 /// The walker: returns the receiver of the root directory's node.
@@ -454,7 +469,11 @@ fn walk(
             ctx.skip(&path, "unsupported file type");
             continue;
         };
-        let name: &[u8] = if depth == 0 { b"" } else { meta::file_name_bytes(&path) };
+        let name: &[u8] = if depth == 0 {
+            b""
+        } else {
+            meta::file_name_bytes(&path)
+        };
         let mut node = meta::node_from_metadata(name, &md, kind);
         if depth == 0 {
             if let Err(e) = meta::complete_node(&mut node, &path, &mut names) {
@@ -495,14 +514,17 @@ fn walk(
                 add(&ctx.stats.files, 1);
                 add(&ctx.stats.bytes_total, node.size);
                 match old {
-                    Some(old) if unchanged(&old, &node) && old.content.iter().all(|b| ctx.repo.has_blob(b)) => {
+                    Some(old)
+                        if unchanged(&old, &node)
+                            && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
+                    {
                         node.content = old.content;
                         node.xattrs = old.xattrs;
                         node.user = old.user;
                         node.group = old.group;
                         add(&ctx.stats.files_unmodified, 1);
                         ctx.progress(1, node.size);
-                        parent.children.push(Slot::Ready(node));
+                        parent.children.push(Slot::Ready(Box::new(node)));
                     }
                     old => {
                         add(
@@ -515,7 +537,14 @@ fn walk(
                         );
                         let (tx, rx) = bounded(1);
                         parent.children.push(Slot::Pending(rx));
-                        if job_tx.send(FileJob { path, node, reply: tx }).is_err() {
+                        if job_tx
+                            .send(FileJob {
+                                path,
+                                node,
+                                reply: tx,
+                            })
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -527,7 +556,7 @@ fn walk(
                     continue;
                 }
                 add(&ctx.stats.others, 1);
-                parent.children.push(Slot::Ready(node));
+                parent.children.push(Slot::Ready(Box::new(node)));
             }
         }
     }
@@ -559,7 +588,11 @@ fn worker(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) {
             let _ = job.reply.send(None);
             continue;
         }
-        let FileJob { path, mut node, reply } = job;
+        let FileJob {
+            path,
+            mut node,
+            reply,
+        } = job;
         let result = meta::complete_node(&mut node, &path, &mut names)
             .map_err(FileError::Io)
             .and_then(|()| read_file(ctx, &path, &mut node, &mut buf));
@@ -607,13 +640,20 @@ fn open_noatime(path: &Path) -> std::io::Result<File> {
 }
 
 /// Reads a file's content into chunks and fills `node.content` and `node.size`.
-fn read_file(ctx: &Ctx<'_>, path: &Path, node: &mut Node, buf: &mut Vec<u8>) -> Result<(), FileError> {
+fn read_file(
+    ctx: &Ctx<'_>,
+    path: &Path,
+    node: &mut Node,
+    buf: &mut Vec<u8>,
+) -> Result<(), FileError> {
     for attempt in 0..2 {
         node.content.clear();
         let file = open_noatime(path).map_err(FileError::Io)?;
         let md = file.metadata().map_err(FileError::Io)?;
         if !md.is_file() {
-            return Err(FileError::Io(std::io::Error::other("no longer a regular file")));
+            return Err(FileError::Io(std::io::Error::other(
+                "no longer a regular file",
+            )));
         }
         let size = md.len();
         if size >= crate::MMAP_MIN_BYTES
@@ -647,7 +687,10 @@ fn read_file(ctx: &Ctx<'_>, path: &Path, node: &mut Node, buf: &mut Vec<u8>) -> 
             return Ok(());
         }
         buf.clear();
-        (&file).take(size.max(1) * 2 + 4096).read_to_end(buf).map_err(FileError::Io)?;
+        (&file)
+            .take(size.max(1) * 2 + 4096)
+            .read_to_end(buf)
+            .map_err(FileError::Io)?;
         let len = buf.len();
         let mut pos = 0;
         while pos < len {
@@ -659,7 +702,9 @@ fn read_file(ctx: &Ctx<'_>, path: &Path, node: &mut Node, buf: &mut Vec<u8>) -> 
         node.size = len as u64;
         return Ok(());
     }
-    Err(FileError::Io(std::io::Error::other("the file kept changing while being read")))
+    Err(FileError::Io(std::io::Error::other(
+        "the file kept changing while being read",
+    )))
 }
 
 fn assemble(ctx: &Ctx<'_>, dirs: Receiver<DirJob>) {
@@ -672,7 +717,7 @@ fn assemble(ctx: &Ctx<'_>, dirs: Receiver<DirJob>) {
         let mut nodes = Vec::with_capacity(children.len());
         for slot in children {
             match slot {
-                Slot::Ready(n) => nodes.push(n),
+                Slot::Ready(n) => nodes.push(*n),
                 Slot::Pending(rx) => {
                     if let Ok(Some(n)) = rx.recv() {
                         nodes.push(n);

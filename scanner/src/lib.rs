@@ -26,7 +26,7 @@ mod meta;
 mod progress;
 mod restore;
 
-pub use backup::{BackupOptions, BackupReport, ParentChoice, Unreadable, backup};
+pub use backup::{BackupOptions, BackupReport, FileHook, ParentChoice, Unreadable, backup};
 pub use error::{Error, Result};
 pub use progress::Progress;
 pub use restore::{RestoreOptions, RestoreReport, restore};

@@ -164,7 +164,10 @@ impl GuardedMap {
         if end > start {
             // SAFETY: MADV_DONTNEED on a shared read-only file map only drops our page table
             // entries; later reads fault the pages back in from the file.
-            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 }

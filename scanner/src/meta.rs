@@ -20,14 +20,18 @@ impl Names {
     fn user(&mut self, uid: u32) -> Option<String> {
         self.users
             .entry(uid)
-            .or_insert_with(|| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()))
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
             .clone()
     }
 
     fn group(&mut self, gid: u32) -> Option<String> {
         self.groups
             .entry(gid)
-            .or_insert_with(|| uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned()))
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+            })
             .clone()
     }
 }
@@ -68,7 +72,11 @@ pub(crate) fn node_from_metadata(name: &[u8], meta: &Metadata, kind: NodeKind) -
         mtime_nsec: meta.mtime_nsec() as u32,
         ctime: meta.ctime(),
         ctime_nsec: meta.ctime_nsec() as u32,
-        size: if kind == NodeKind::File { meta.size() } else { 0 },
+        size: if kind == NodeKind::File {
+            meta.size()
+        } else {
+            0
+        },
         inode: meta.ino(),
         device: meta.dev(),
         links: meta.nlink(),
@@ -85,7 +93,11 @@ pub(crate) fn node_from_metadata(name: &[u8], meta: &Metadata, kind: NodeKind) -
 }
 
 /// Fills in what `lstat` does not give: owner names, extended attributes, link target.
-pub(crate) fn complete_node(node: &mut Node, path: &Path, names: &mut Names) -> std::io::Result<()> {
+pub(crate) fn complete_node(
+    node: &mut Node,
+    path: &Path,
+    names: &mut Names,
+) -> std::io::Result<()> {
     node.user = names.user(node.uid);
     node.group = names.group(node.gid);
     node.xattrs = read_xattrs(path)?;
@@ -149,17 +161,22 @@ pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
     if as_root {
         let uid = rustix::fs::Uid::from_raw(node.uid);
         let gid = rustix::fs::Gid::from_raw(node.gid);
-        if let Err(e) = rustix::fs::chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+        if let Err(e) =
+            rustix::fs::chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+        {
             failed.push(format!("owner {}:{}: {e}", node.uid, node.gid));
         }
     }
-    if !is_link {
-        if let Err(e) = rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(node.mode), AtFlags::empty()) {
-            failed.push(format!("mode {:o}: {e}", node.mode));
-        }
+    if !is_link
+        && let Err(e) =
+            rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(node.mode), AtFlags::empty())
+    {
+        failed.push(format!("mode {:o}: {e}", node.mode));
     }
     for x in &node.xattrs {
-        if let Err(e) = rustix::fs::lsetxattr(path, x.name.as_slice(), &x.value, XattrFlags::empty()) {
+        if let Err(e) =
+            rustix::fs::lsetxattr(path, x.name.as_slice(), &x.value, XattrFlags::empty())
+        {
             // security.* needs privileges and user.* is not allowed on symlinks: report, go on.
             failed.push(format!("xattr {}: {e}", String::from_utf8_lossy(&x.name)));
         }
@@ -191,7 +208,13 @@ pub(crate) fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
         NodeKind::Blockdev => FileType::BlockDevice,
         _ => return Err(std::io::Error::other("not a special file")),
     };
-    rustix::fs::mknodat(CWD, path, ft, Mode::from_raw_mode(node.mode & 0o777), node.rdev)?;
+    rustix::fs::mknodat(
+        CWD,
+        path,
+        ft,
+        Mode::from_raw_mode(node.mode & 0o777),
+        node.rdev,
+    )?;
     Ok(())
 }
 

@@ -71,7 +71,11 @@ struct FileJob {
 }
 
 /// Restores `snapshot` into `options.target`.
-pub fn restore(repo: &Repository, snapshot: &Snapshot, options: &RestoreOptions) -> Result<RestoreReport> {
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
     let target = std::path::absolute(&options.target).map_err(|e| Error::Target {
         path: options.target.clone(),
         reason: e.to_string(),
@@ -85,10 +89,14 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, options: &RestoreOptions)
         options.threads
     };
     if let Some(p) = &options.progress {
-        p.files_total.store(snapshot.summary.files, std::sync::atomic::Ordering::Relaxed);
-        p.bytes_total
-            .store(snapshot.summary.bytes_total, std::sync::atomic::Ordering::Relaxed);
-        p.totals_known.store(true, std::sync::atomic::Ordering::Relaxed);
+        p.files_total
+            .store(snapshot.summary.files, std::sync::atomic::Ordering::Relaxed);
+        p.bytes_total.store(
+            snapshot.summary.bytes_total,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        p.totals_known
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let report = Mutex::new(RestoreReport::default());
     let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
@@ -106,8 +114,11 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, options: &RestoreOptions)
                             let warnings = meta::apply(&job.path, &job.node, as_root);
                             let mut r = report.lock();
                             r.bytes += bytes;
-                            r.warnings
-                                .extend(warnings.into_iter().map(|w| format!("{}: {w}", job.path.display())));
+                            r.warnings.extend(
+                                warnings
+                                    .into_iter()
+                                    .map(|w| format!("{}: {w}", job.path.display())),
+                            );
                         }
                         Err(e) => errors.lock().push(e),
                     }
@@ -145,14 +156,18 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, options: &RestoreOptions)
     let mut report = report.into_inner();
     for (path, node) in dirs.iter().rev() {
         let warnings = meta::apply(path, node, as_root);
-        report
-            .warnings
-            .extend(warnings.into_iter().map(|w| format!("{}: {w}", path.display())));
+        report.warnings.extend(
+            warnings
+                .into_iter()
+                .map(|w| format!("{}: {w}", path.display())),
+        );
     }
     let warnings = meta::apply(&target, &snapshot.root, as_root);
-    report
-        .warnings
-        .extend(warnings.into_iter().map(|w| format!("{}: {w}", target.display())));
+    report.warnings.extend(
+        warnings
+            .into_iter()
+            .map(|w| format!("{}: {w}", target.display())),
+    );
     report.dirs = dirs.len() as u64 + 1;
     Ok(report)
 }
@@ -166,7 +181,9 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
         Ok(m) if m.is_dir() => {
             let mut rd = std::fs::read_dir(target).map_err(|e| err(e.to_string()))?;
             if rd.next().is_some() && !overwrite {
-                return Err(err("is not empty (use --overwrite to restore into it)".into()));
+                return Err(err(
+                    "is not empty (use --overwrite to restore into it)".into()
+                ));
             }
             Ok(())
         }
@@ -229,10 +246,13 @@ impl Walker<'_> {
                     path: shown.to_string(),
                     reason: "directory without a listing".into(),
                 })?;
-                let tree = self.repo.load_tree(&subtree).map_err(|source| Error::Content {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let tree = self
+                    .repo
+                    .load_tree(&subtree)
+                    .map_err(|source| Error::Content {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
                 self.dirs.push((path.to_path_buf(), node.clone()));
                 self.restore_tree(path, &tree, shown)?;
             }
@@ -244,7 +264,8 @@ impl Walker<'_> {
                         std::fs::hard_link(first, path).map_err(write_err)?;
                         return Ok(());
                     }
-                    self.links.insert((node.device, node.inode), path.to_path_buf());
+                    self.links
+                        .insert((node.device, node.inode), path.to_path_buf());
                 }
                 // Created here, written by a worker: a later hard link to it can be made now.
                 OpenOptions::new()
@@ -279,8 +300,11 @@ impl Walker<'_> {
         let warnings = meta::apply(path, node, self.as_root);
         let mut r = self.report.lock();
         r.others += 1;
-        r.warnings
-            .extend(warnings.into_iter().map(|w| format!("{}: {w}", path.display())));
+        r.warnings.extend(
+            warnings
+                .into_iter()
+                .map(|w| format!("{}: {w}", path.display())),
+        );
     }
 
     /// Removes an existing non-directory entry (only with `--overwrite`; the target was
@@ -305,7 +329,12 @@ impl Walker<'_> {
 }
 
 /// Writes a file's content; returns the bytes written.
-fn write_file(repo: &Repository, path: &Path, node: &Node, progress: Option<&Progress>) -> Result<u64> {
+fn write_file(
+    repo: &Repository,
+    path: &Path,
+    node: &Node,
+    progress: Option<&Progress>,
+) -> Result<u64> {
     let write_err = |source: std::io::Error| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -318,10 +347,12 @@ fn write_file(repo: &Repository, path: &Path, node: &Node, progress: Option<&Pro
     let mut offset = 0u64;
     let mut written = 0u64;
     for id in &node.content {
-        let data = repo.load_blob(BlobKind::Data, id).map_err(|source| Error::Content {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let data = repo
+            .load_blob(BlobKind::Data, id)
+            .map_err(|source| Error::Content {
+                path: path.to_path_buf(),
+                source,
+            })?;
         written += write_sparse(&file, &data, offset).map_err(write_err)?;
         offset += data.len() as u64;
         if let Some(p) = progress {
@@ -336,7 +367,10 @@ fn write_file(repo: &Repository, path: &Path, node: &Node, progress: Option<&Pro
             source: podvault_store::Error::Corrupt {
                 what: "file",
                 name: path.display().to_string(),
-                reason: format!("content is {offset} bytes but the snapshot says {}", node.size),
+                reason: format!(
+                    "content is {offset} bytes but the snapshot says {}",
+                    node.size
+                ),
             },
         });
     }
@@ -380,5 +414,6 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
 
 fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(16);
-    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0) && words.remainder().iter().all(|&b| b == 0)
+    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use podvault_scanner::{BackupOptions, Error, ParentChoice, RestoreOptions, backup, restore};
 use podvault_store::{
-    ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot, Summary, Tree,
+    ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot,
+    Summary, Tree,
 };
 use proptest::prelude::*;
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
@@ -89,7 +90,13 @@ fn name(rng: &mut Rng, i: usize) -> Vec<u8> {
 /// POSIX ACL granting uid 1000 read access (system.posix_acl_access, version 2).
 fn acl_value() -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 4, u32::MAX)] {
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
@@ -138,8 +145,11 @@ fn build_tree(root: &Path, seed: u64) {
                     }
                 }
                 fs::write(&path, &data).expect("write");
-                fs::set_permissions(&path, fs::Permissions::from_mode(file_modes[rng.below(7) as usize]))
-                    .expect("chmod");
+                fs::set_permissions(
+                    &path,
+                    fs::Permissions::from_mode(file_modes[rng.below(7) as usize]),
+                )
+                .expect("chmod");
                 files.push(path.clone());
             }
             5 => {
@@ -153,8 +163,11 @@ fn build_tree(root: &Path, seed: u64) {
             }
             6 | 7 => {
                 fs::create_dir(&path).expect("mkdir");
-                fs::set_permissions(&path, fs::Permissions::from_mode(dir_modes[rng.below(4) as usize]))
-                    .expect("chmod");
+                fs::set_permissions(
+                    &path,
+                    fs::Permissions::from_mode(dir_modes[rng.below(4) as usize]),
+                )
+                .expect("chmod");
                 dirs.push(path.clone());
             }
             8 => {
@@ -166,8 +179,14 @@ fn build_tree(root: &Path, seed: u64) {
                 std::os::unix::fs::symlink(target, &path).expect("symlink");
             }
             9 => {
-                rustix::fs::mknodat(CWD, &path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0)
-                    .expect("mkfifo");
+                rustix::fs::mknodat(
+                    CWD,
+                    &path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o640),
+                    0,
+                )
+                .expect("mkfifo");
             }
             10 if !files.is_empty() => {
                 let to = &files[rng.below(files.len() as u64) as usize];
@@ -182,7 +201,14 @@ fn build_tree(root: &Path, seed: u64) {
                     } else {
                         rustix::fs::FileType::BlockDevice
                     };
-                    rustix::fs::mknodat(CWD, &path, kind, rustix::fs::Mode::from_raw_mode(0o600), dev).expect("mknod");
+                    rustix::fs::mknodat(
+                        CWD,
+                        &path,
+                        kind,
+                        rustix::fs::Mode::from_raw_mode(0o600),
+                        dev,
+                    )
+                    .expect("mknod");
                 }
             }
         }
@@ -210,12 +236,24 @@ fn build_tree(root: &Path, seed: u64) {
     // One of each special attribute, always.
     let acl = root.join("acl-file");
     fs::write(&acl, b"acl").expect("write");
-    rustix::fs::lsetxattr(&acl, "system.posix_acl_access", &acl_value(), XattrFlags::empty()).expect("acl");
+    rustix::fs::lsetxattr(
+        &acl,
+        "system.posix_acl_access",
+        &acl_value(),
+        XattrFlags::empty(),
+    )
+    .expect("acl");
     if is_root() {
         let cap = root.join("cap-file");
         fs::write(&cap, b"cap").expect("write");
         fs::set_permissions(&cap, fs::Permissions::from_mode(0o755)).expect("chmod");
-        rustix::fs::lsetxattr(&cap, "security.capability", &capability_value(), XattrFlags::empty()).expect("cap");
+        rustix::fs::lsetxattr(
+            &cap,
+            "security.capability",
+            &capability_value(),
+            XattrFlags::empty(),
+        )
+        .expect("cap");
     }
     fs::create_dir(root.join("empty-dir")).expect("mkdir");
     let mut deep = root.join("deep");
@@ -228,7 +266,11 @@ fn build_tree(root: &Path, seed: u64) {
     let mut all: Vec<PathBuf> = walk(root).into_iter().map(|(p, _)| p).collect();
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in all {
-        set_times(&p, 1_500_000_000 + rng.below(100_000_000) as i64, rng.below(1_000_000_000) as i64);
+        set_times(
+            &p,
+            1_500_000_000 + rng.below(100_000_000) as i64,
+            rng.below(1_000_000_000) as i64,
+        );
     }
 }
 
@@ -287,17 +329,34 @@ fn assert_same_tree(a: &Path, b: &Path) {
             assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{what}: mode");
         }
         assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{what}: owner");
-        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "{what}: mtime");
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "{what}: mtime"
+        );
         assert_eq!(xattrs(pa), xattrs(pb), "{what}: xattrs");
         let ft = ma.file_type();
         if ft.is_file() {
-            assert_eq!(fs::read(pa).expect("read a"), fs::read(pb).expect("read b"), "{what}: content");
-            assert!(mb.blocks() <= ma.blocks() + 8, "{what}: holes kept ({} vs {} blocks)", mb.blocks(), ma.blocks());
+            assert_eq!(
+                fs::read(pa).expect("read a"),
+                fs::read(pb).expect("read b"),
+                "{what}: content"
+            );
+            assert!(
+                mb.blocks() <= ma.blocks() + 8,
+                "{what}: holes kept ({} vs {} blocks)",
+                mb.blocks(),
+                ma.blocks()
+            );
             let mapped = *inode_map.entry(ma.ino()).or_insert(mb.ino());
             assert_eq!(mapped, mb.ino(), "{what}: hard links");
             assert_eq!(ma.nlink(), mb.nlink(), "{what}: link count");
         } else if ft.is_symlink() {
-            assert_eq!(fs::read_link(pa).expect("a"), fs::read_link(pb).expect("b"), "{what}: target");
+            assert_eq!(
+                fs::read_link(pa).expect("a"),
+                fs::read_link(pb).expect("b"),
+                "{what}: target"
+            );
         } else if ft.is_char_device() || ft.is_block_device() {
             assert_eq!(ma.rdev(), mb.rdev(), "{what}: rdev");
         }
@@ -346,7 +405,11 @@ fn unchanged_files_are_reused_and_changed_ones_read() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).expect("mkdir");
     for i in 0..20 {
-        fs::write(src.join(format!("f{i}")), format!("content {i}").repeat(1000)).expect("write");
+        fs::write(
+            src.join(format!("f{i}")),
+            format!("content {i}").repeat(1000),
+        )
+        .expect("write");
     }
     let repo = new_repo(tmp.path());
     let first = backup(&repo, &BackupOptions::new(&src)).expect("first");
@@ -356,8 +419,15 @@ fn unchanged_files_are_reused_and_changed_ones_read() {
     let second = backup(&repo, &BackupOptions::new(&src)).expect("second");
     let s = &second.snapshot.summary;
     assert_eq!(second.snapshot.parent, Some(first.id));
-    assert_eq!((s.files_unmodified, s.files_changed, s.files_new), (19, 1, 1));
-    assert_eq!(s.bytes_read, 7 + 3, "only the changed and the new file are read");
+    assert_eq!(
+        (s.files_unmodified, s.files_changed, s.files_new),
+        (19, 1, 1)
+    );
+    assert_eq!(
+        s.bytes_read,
+        7 + 3,
+        "only the changed and the new file are read"
+    );
     let mut o = BackupOptions::new(&src);
     o.parent = ParentChoice::None;
     let full = backup(&repo, &o).expect("full");
@@ -365,7 +435,10 @@ fn unchanged_files_are_reused_and_changed_ones_read() {
     assert_eq!(full.snapshot.tree, second.snapshot.tree);
     let mut o = BackupOptions::new(&src);
     o.parent = ParentChoice::Id(first.id);
-    assert_eq!(backup(&repo, &o).expect("explicit parent").snapshot.parent, Some(first.id));
+    assert_eq!(
+        backup(&repo, &o).expect("explicit parent").snapshot.parent,
+        Some(first.id)
+    );
 }
 
 #[test]
@@ -388,13 +461,26 @@ fn a_file_truncated_while_mapped_is_reported_and_the_backup_goes_on() {
     o.after_map = Some(Arc::new(move |p: &Path| {
         if p == target {
             let len = fs::metadata(p).expect("stat").len();
-            fs::OpenOptions::new().write(true).open(p).expect("open").set_len(len / 2).expect("truncate");
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .expect("open")
+                .set_len(len / 2)
+                .expect("truncate");
         }
     }));
     let report = backup(&repo, &o).expect("the backup completes");
     assert_eq!(report.unreadable.len(), 1);
-    assert!(report.unreadable[0].path.ends_with("big.db"), "{:?}", report.unreadable);
-    assert!(report.unreadable[0].error.contains("shrank"), "{:?}", report.unreadable);
+    assert!(
+        report.unreadable[0].path.ends_with("big.db"),
+        "{:?}",
+        report.unreadable
+    );
+    assert!(
+        report.unreadable[0].error.contains("shrank"),
+        "{:?}",
+        report.unreadable
+    );
     let out = tmp.path().join("out");
     restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
     assert_eq!(fs::read(out.join("small")).expect("small"), b"still here");
@@ -406,14 +492,22 @@ fn a_file_truncated_while_mapped_is_reported_and_the_backup_goes_on() {
     let once = std::sync::atomic::AtomicBool::new(false);
     o.after_map = Some(Arc::new(move |p: &Path| {
         if p == target && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            fs::OpenOptions::new().write(true).open(p).expect("open").set_len(3 << 20).expect("truncate");
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .expect("open")
+                .set_len(3 << 20)
+                .expect("truncate");
         }
     }));
     let report = backup(&repo, &o).expect("backup");
     assert!(report.unreadable.is_empty());
     let out = tmp.path().join("out2");
     restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
-    assert_eq!(fs::read(out.join("big.db")).expect("big"), fs::read(&big).expect("big"));
+    assert_eq!(
+        fs::read(out.join("big.db")).expect("big"),
+        fs::read(&big).expect("big")
+    );
 }
 
 #[test]
@@ -507,7 +601,11 @@ fn restore_refuses_entries_that_escape_the_target() {
         assert!(matches!(err, Error::UnsafeEntry { .. }), "case {i}: {err}");
         assert!(err.to_string().contains(shown), "case {i}: {err}");
     }
-    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "nothing written outside");
+    assert_eq!(
+        fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "nothing written outside"
+    );
 }
 
 #[test]
@@ -525,14 +623,26 @@ fn restore_into_a_non_empty_directory_needs_overwrite_and_never_follows_links() 
     fs::create_dir_all(&target).expect("mkdir");
     // An attacker-made symlink where the snapshot has a directory.
     std::os::unix::fs::symlink(&outside, target.join("sub")).expect("symlink");
-    let err = restore(&repo, &report.snapshot, &RestoreOptions::new(&target)).expect_err("not empty");
+    let err =
+        restore(&repo, &report.snapshot, &RestoreOptions::new(&target)).expect_err("not empty");
     assert!(err.to_string().contains("not empty"), "{err}");
     let mut o = RestoreOptions::new(&target);
     o.overwrite = true;
     restore(&repo, &report.snapshot, &o).expect("overwrite");
-    assert!(fs::symlink_metadata(target.join("sub")).expect("sub").is_dir());
-    assert_eq!(fs::read(target.join("sub/file")).expect("file"), b"new content");
-    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "nothing written through the link");
+    assert!(
+        fs::symlink_metadata(target.join("sub"))
+            .expect("sub")
+            .is_dir()
+    );
+    assert_eq!(
+        fs::read(target.join("sub/file")).expect("file"),
+        b"new content"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "nothing written through the link"
+    );
 }
 
 #[test]
@@ -554,7 +664,11 @@ fn a_full_disk_during_restore_is_a_clear_error() {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
     }
-    let result = restore(&repo, &report.snapshot, &RestoreOptions::new(small.join("out")));
+    let result = restore(
+        &repo,
+        &report.snapshot,
+        &RestoreOptions::new(small.join("out")),
+    );
     let _ = std::process::Command::new("umount").arg(&small).status();
     let err = result.expect_err("disk full");
     let text = format!("{err}");

@@ -242,4 +242,3 @@ impl Backend for DirBackend {
         sync_dir(&self.root)
     }
 }
-

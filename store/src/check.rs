@@ -65,13 +65,17 @@ impl Repository {
                 });
             }
         }
-        let present: HashMap<String, u64> = self.backend().list(FileKind::Pack)?.into_iter().collect();
+        let present: HashMap<String, u64> =
+            self.backend().list(FileKind::Pack)?.into_iter().collect();
         let indexed: Vec<PackId> = self.index_packs();
         report.packs = indexed.len();
         let blobs = self.index_blobs();
         report.blobs = blobs.len();
         let indexed_names: HashSet<String> = indexed.iter().map(|p| p.to_hex()).collect();
-        report.unindexed_packs = present.keys().filter(|n| !indexed_names.contains(*n)).count();
+        report.unindexed_packs = present
+            .keys()
+            .filter(|n| !indexed_names.contains(*n))
+            .count();
 
         // Packs the index needs: present, and long enough for every blob it places there.
         let mut pack_end: HashMap<PackId, u64> = HashMap::new();
@@ -114,13 +118,13 @@ impl Repository {
                 let mut damage: Vec<String> = Vec::new();
                 let mut damaged_ids: Vec<BlobId> = Vec::new();
                 match self.backend().read(FileKind::Pack, &name) {
-                    Err(e) => damage.push(e.to_string()),
+                    Err(e) => damage.push(reason(e)),
                     Ok(bytes) => {
                         if *blake3::hash(&bytes).as_bytes() != *pack.as_bytes() {
                             damage.push("content does not match its name".into());
                         }
                         if let Err(e) = self.parse_pack(&name, &bytes) {
-                            damage.push(e.to_string());
+                            damage.push(reason(e));
                         }
                         for id in by_pack.get(pack).into_iter().flatten() {
                             let Some(loc) = self.locate(id) else { continue };
@@ -130,7 +134,7 @@ impl Repository {
                             let res = bytes
                                 .get(start..end)
                                 .ok_or_else(|| format!("blob {} lies beyond the end", id.short()))
-                                .and_then(|s| self.open_blob(id, &loc, s).map_err(|e| e.to_string()));
+                                .and_then(|s| self.open_blob(id, &loc, s).map_err(reason));
                             if let Err(msg) = res {
                                 damage.push(msg);
                                 damaged_ids.push(*id);
@@ -210,7 +214,8 @@ impl Repository {
                                     if affected.last() != Some(&file) {
                                         affected.push(file);
                                     }
-                                } else if self.locate(blob).map(|l| l.kind) != Some(BlobKind::Data) {
+                                } else if self.locate(blob).map(|l| l.kind) != Some(BlobKind::Data)
+                                {
                                     let files = missing.entry(*blob).or_default();
                                     if files.last() != Some(&file) {
                                         files.push(file);
@@ -231,5 +236,13 @@ impl Repository {
             });
         }
         Ok(report)
+    }
+}
+
+/// The reason alone, for messages already headed by the pack's name.
+fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
     }
 }

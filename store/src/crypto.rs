@@ -58,11 +58,12 @@ impl KdfParams {
                 reason: format!("{:?} is not supported (only argon2id)", self.algorithm),
             });
         }
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| Error::InvalidParameter {
-                name: "kdf parameters",
-                reason: e.to_string(),
-            })?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| Error::InvalidParameter {
+                    name: "kdf parameters",
+                    reason: e.to_string(),
+                })?;
         Ok(argon2::Argon2::new(
             argon2::Algorithm::Argon2id,
             argon2::Version::V0x13,
@@ -118,9 +119,10 @@ impl KeyFile {
 
     /// Returns the master key if the password opens this key file, `Ok(None)` if it does not.
     pub(crate) fn unwrap_key(&self, password: &[u8], name: &str) -> Result<Option<MasterKey>> {
-        let salt = hex::decode(&self.salt).map_err(|e| Error::corrupt("key", name, format!("salt: {e}")))?;
-        let wrapped =
-            hex::decode(&self.master_key).map_err(|e| Error::corrupt("key", name, format!("master_key: {e}")))?;
+        let salt = hex::decode(&self.salt)
+            .map_err(|e| Error::corrupt("key", name, format!("salt: {e}")))?;
+        let wrapped = hex::decode(&self.master_key)
+            .map_err(|e| Error::corrupt("key", name, format!("master_key: {e}")))?;
         let kek = self.kdf.derive(password, &salt)?;
         let sealer = Sealer::new(&kek)?;
         match sealer.open(KEY_FILE_AAD, &wrapped) {
@@ -159,7 +161,8 @@ impl MasterKey {
             .expand(&info, Len32)
             .map_err(|_| Error::Crypto("hkdf expand".into()))?;
         let mut out = [0u8; 32];
-        okm.fill(&mut out).map_err(|_| Error::Crypto("hkdf fill".into()))?;
+        okm.fill(&mut out)
+            .map_err(|_| Error::Crypto("hkdf fill".into()))?;
         Ok(out)
     }
 
@@ -189,8 +192,8 @@ pub(crate) struct Sealer {
 
 impl Sealer {
     pub(crate) fn new(key: &[u8; 32]) -> Result<Sealer> {
-        let unbound =
-            UnboundKey::new(&aead::AES_256_GCM, key).map_err(|_| Error::Crypto("AES-256-GCM key".into()))?;
+        let unbound = UnboundKey::new(&aead::AES_256_GCM, key)
+            .map_err(|_| Error::Crypto("AES-256-GCM key".into()))?;
         Ok(Sealer {
             key: LessSafeKey::new(unbound),
         })
@@ -198,7 +201,15 @@ impl Sealer {
 
     /// Seals `plaintext`, binding `aad` (which is authenticated, not stored).
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD_BYTES);
+        let mut out = Vec::new();
+        self.seal_into(aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// Seals `plaintext` into `out` (cleared first), reusing its allocation.
+    pub(crate) fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
+        out.reserve(plaintext.len() + SEAL_OVERHEAD_BYTES);
         let mut nonce = [0u8; NONCE_BYTES];
         random_bytes(&mut nonce)?;
         out.extend_from_slice(&nonce);
@@ -212,7 +223,7 @@ impl Sealer {
             )
             .map_err(|_| Error::Crypto("seal".into()))?;
         out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        Ok(())
     }
 
     /// Opens a sealed message; `Err(())` when it was damaged, forged or sealed with another key.
@@ -224,7 +235,11 @@ impl Sealer {
         let mut buf = sealed[NONCE_BYTES..].to_vec();
         let plain_len = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| ())?
             .len();
         debug_assert_eq!(plain_len + TAG_BYTES, sealed.len() - NONCE_BYTES);
@@ -279,5 +294,6 @@ mod golden {
     }
 
     const GOLDEN_BLOB_ID: &str = "a0685390380dbfe67b1ea49514caeb187d95e69c8bd03823651cbedc85410f9f";
-    const GOLDEN_GEAR_KEY: &str = "529bd5a2fa5586dfcd4785faf6d15cd47fbcbe7487459e529fa3042c812044ac";
+    const GOLDEN_GEAR_KEY: &str =
+        "529bd5a2fa5586dfcd4785faf6d15cd47fbcbe7487459e529fa3042c812044ac";
 }

@@ -18,7 +18,9 @@ pub enum Error {
     #[error("{location} is not a podvault repository: {reason}")]
     NotARepository { location: String, reason: String },
     /// `repo init` on a location that already holds something.
-    #[error("{location} already exists and is not empty; refusing to initialise a repository there")]
+    #[error(
+        "{location} already exists and is not empty; refusing to initialise a repository there"
+    )]
     AlreadyExists { location: String },
     /// No key file opens with the password given.
     #[error("wrong password: none of the {keys} key(s) of {location} opens with it")]
@@ -59,7 +61,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corrupt(what: &'static str, name: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        what: &'static str,
+        name: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Corrupt {
             what,
             name: name.into(),

@@ -96,7 +96,9 @@ impl Index {
 
     /// Every blob with its location.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
-        self.blobs.keys().filter_map(|id| Some((*id, self.get(id)?)))
+        self.blobs
+            .keys()
+            .filter_map(|id| Some((*id, self.get(id)?)))
     }
 }
 

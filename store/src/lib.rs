@@ -35,11 +35,11 @@ mod tree;
 
 pub use backend::{Backend, DirBackend, FileKind};
 pub use check::{CheckOptions, CheckReport, Problem};
+pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::KdfParams;
 pub use error::{Error, Result};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId, TreeId};
 pub use index::BlobLocation;
-pub use chunker::{Chunker, ChunkerParams};
 pub use repo::{Config, InitOptions, Repository, SaveOutcome};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{Node, NodeKind, Tree, Xattr};

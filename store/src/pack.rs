@@ -6,7 +6,10 @@
 
 use crate::crypto::Sealer;
 use crate::error::{Error, Result};
-use crate::limits::{MAX_PACK_HEADER_BYTES, PACK_RECORD_BYTES};
+use crate::limits::{MAX_PACK_HEADER_BYTES, PACK_RECORD_BYTES, PACK_TARGET_BYTES};
+
+/// Room beyond the target for the blob that crosses it and the header.
+const PACK_SLACK_BYTES: usize = 8 * 1024 * 1024;
 use crate::{BlobId, BlobKind, PackId};
 
 /// Additional data of a pack header.
@@ -52,11 +55,33 @@ impl PackBuilder {
         self.records.is_empty()
     }
 
-    pub(crate) fn add(&mut self, kind: BlobKind, flags: u8, id: BlobId, raw_len: u32, sealed: &[u8]) -> Result<()> {
+    /// Starts this (empty) pack in a buffer kept from an earlier one.
+    pub(crate) fn use_buffer(&mut self, buffer: Option<Vec<u8>>) {
+        if let Some(mut b) = buffer
+            && self.records.is_empty()
+        {
+            b.clear();
+            self.buf = b;
+        }
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        kind: BlobKind,
+        flags: u8,
+        id: BlobId,
+        raw_len: u32,
+        sealed: &[u8],
+    ) -> Result<()> {
         let too_big = |what: &str| Error::InvalidParameter {
             name: "pack size",
             reason: format!("{what} exceeds 4 GiB"),
         };
+        if self.buf.capacity() == 0 {
+            // One allocation for the whole pack: growing by doubling would briefly hold two
+            // copies. Pages not written are never touched, so they cost no memory.
+            self.buf.reserve_exact(PACK_TARGET_BYTES + PACK_SLACK_BYTES);
+        }
         let offset = u32::try_from(self.buf.len()).map_err(|_| too_big("pack"))?;
         let sealed_len = u32::try_from(sealed.len()).map_err(|_| too_big("blob"))?;
         self.buf.extend_from_slice(sealed);
@@ -82,6 +107,7 @@ impl PackBuilder {
             header.extend_from_slice(&r.raw_len.to_le_bytes());
         }
         let sealed = sealer.seal(HEADER_AAD, &header)?;
+        self.buf.reserve_exact(sealed.len() + 4);
         let sealed_len = u32::try_from(sealed.len()).map_err(|_| Error::InvalidParameter {
             name: "pack header",
             reason: "exceeds 4 GiB".into(),
@@ -100,7 +126,8 @@ pub(crate) fn parse_pack(sealer: &Sealer, name: &str, pack: &[u8]) -> Result<Vec
         return Err(corrupt(format!("only {} bytes long", pack.len())));
     }
     let (rest, len_bytes) = pack.split_at(pack.len() - 4);
-    let header_len = u32::from_le_bytes(len_bytes.try_into().map_err(|_| corrupt("length".into()))?) as usize;
+    let header_len =
+        u32::from_le_bytes(len_bytes.try_into().map_err(|_| corrupt("length".into()))?) as usize;
     if header_len > rest.len() || header_len > MAX_PACK_HEADER_BYTES {
         return Err(corrupt(format!(
             "header length {header_len} does not fit in a {}-byte pack",
@@ -112,12 +139,16 @@ pub(crate) fn parse_pack(sealer: &Sealer, name: &str, pack: &[u8]) -> Result<Vec
         .open(HEADER_AAD, sealed_header)
         .map_err(|_| corrupt("header fails authentication".into()))?;
     if header.len() % PACK_RECORD_BYTES != 0 {
-        return Err(corrupt(format!("header of {} bytes is not whole records", header.len())));
+        return Err(corrupt(format!(
+            "header of {} bytes is not whole records",
+            header.len()
+        )));
     }
     let mut records = Vec::with_capacity(header.len() / PACK_RECORD_BYTES);
     let mut offset: u64 = 0;
     for rec in header.chunks_exact(PACK_RECORD_BYTES) {
-        let kind = BlobKind::from_code(rec[0]).ok_or_else(|| corrupt(format!("unknown blob kind {}", rec[0])))?;
+        let kind = BlobKind::from_code(rec[0])
+            .ok_or_else(|| corrupt(format!("unknown blob kind {}", rec[0])))?;
         let id = BlobId::from_slice(&rec[2..34]).ok_or_else(|| corrupt("blob id".into()))?;
         let u32_at = |i: usize| u32::from_le_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
         let sealed_len = u32_at(34);

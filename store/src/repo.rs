@@ -14,10 +14,13 @@ use crate::crypto::{KdfParams, KeyFile, Keys, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::limits::{
-    DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_BLOB_BYTES, MIN_COMPRESSION_GAIN_DIVISOR, PACK_TARGET_BYTES,
+    DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_BLOB_BYTES, MIN_COMPRESSION_GAIN_DIVISOR,
+    PACK_TARGET_BYTES,
 };
 use crate::pack::{FLAG_ZSTD, PackBuilder, PackRecord, blob_aad, parse_pack};
-use crate::{BlobId, BlobKind, BlobLocation, IndexId, KeyId, PackId, Snapshot, SnapshotId, Tree, TreeId};
+use crate::{
+    BlobId, BlobKind, BlobLocation, IndexId, KeyId, PackId, Snapshot, SnapshotId, Tree, TreeId,
+};
 
 const INDEX_AAD: &[u8] = b"podvault index v1";
 const SNAPSHOT_AAD: &[u8] = b"podvault snapshot v1";
@@ -78,6 +81,32 @@ pub struct Repository {
     tree_pack: Mutex<PackBuilder>,
     /// Packs written but not yet listed in an index file.
     unindexed: Mutex<Vec<IndexPack>>,
+    /// Pack buffers kept for reuse.
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Pack buffers kept for reuse: one filling for data, one for trees, one being written.
+const PACK_BUFFERS_KEPT: usize = 3;
+
+/// Per-thread buffers of the sealing path, reused so that the pipeline does not allocate
+/// and free megabytes per chunk (glibc then keeps freed buffers in per-thread arenas and
+/// resident memory grows with the number of threads).
+struct Scratch {
+    level: i32,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    compressed: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            level: 0,
+            compressor: None,
+            compressed: Vec::new(),
+            sealed: Vec::new(),
+        })
+    };
 }
 
 fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -86,13 +115,22 @@ fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn uncbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str, name: &str) -> Result<T> {
-    ciborium::from_reader(bytes).map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
+fn uncbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+    name: &str,
+) -> Result<T> {
+    ciborium::from_reader(bytes)
+        .map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
 }
 
 impl Repository {
     /// Creates a new repository in an empty location, with one key for `password`.
-    pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        options: &InitOptions,
+    ) -> Result<Repository> {
         options.chunker.validate()?;
         options.kdf.validate()?;
         let mut id = [0u8; 32];
@@ -107,10 +145,12 @@ impl Repository {
         backend.create()?;
         let master = MasterKey::generate()?;
         let key_file = KeyFile::wrap(&master, password, &config.kdf)?;
-        let key_bytes = serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
+        let key_bytes =
+            serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
         let key_id = KeyId::from_bytes(*blake3::hash(&key_bytes).as_bytes());
         backend.write(FileKind::Key, &key_id.to_hex(), &key_bytes)?;
-        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Crypto(e.to_string()))?;
+        let config_bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::Crypto(e.to_string()))?;
         // The config is written last: a location without it is not (yet) a repository.
         backend.write(FileKind::Config, "config", &config_bytes)?;
         Self::with_key(backend, config, &master, key_id, Index::default())
@@ -138,6 +178,7 @@ impl Repository {
             data_pack: Mutex::new(PackBuilder::default()),
             tree_pack: Mutex::new(PackBuilder::default()),
             unindexed: Mutex::new(Vec::new()),
+            buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -155,8 +196,8 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let config: Config =
-            serde_json::from_slice(&bytes).map_err(|e| not_repo(format!("its config file is not valid: {e}")))?;
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|e| not_repo(format!("its config file is not valid: {e}")))?;
         if config.version != FORMAT_VERSION {
             return Err(not_repo(format!(
                 "format version {} is not supported (this build reads {FORMAT_VERSION})",
@@ -177,7 +218,8 @@ impl Repository {
             let key_file: KeyFile = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::corrupt("key", name.clone(), format!("not valid JSON: {e}")))?;
             if let Some(master) = key_file.unwrap_key(password, name)? {
-                let id = KeyId::from_hex(name).ok_or_else(|| Error::corrupt("key", name.clone(), "bad file name"))?;
+                let id = KeyId::from_hex(name)
+                    .ok_or_else(|| Error::corrupt("key", name.clone(), "bad file name"))?;
                 found = Some((master, id));
                 break;
             }
@@ -216,20 +258,24 @@ impl Repository {
 
     pub(crate) fn read_index_file(&self, name: &str) -> Result<IndexFile> {
         let sealed = self.backend.read(FileKind::Index, name)?;
-        let plain = self
-            .keys
-            .sealer
-            .open(INDEX_AAD, &sealed)
-            .map_err(|_| Error::corrupt("index", name, "fails authentication (damaged, or written with another key)"))?;
+        let plain = self.keys.sealer.open(INDEX_AAD, &sealed).map_err(|_| {
+            Error::corrupt(
+                "index",
+                name,
+                "fails authentication (damaged, or written with another key)",
+            )
+        })?;
         uncbor(&plain, "index", name)
     }
 
     /// Adds another password that opens the same master key; returns the new key's id.
     pub fn add_key(&self, password: &[u8]) -> Result<KeyId> {
         let key_file = KeyFile::wrap(&self.master, password, &self.config.kdf)?;
-        let key_bytes = serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
+        let key_bytes =
+            serde_json::to_vec_pretty(&key_file).map_err(|e| Error::Crypto(e.to_string()))?;
         let id = KeyId::from_bytes(*blake3::hash(&key_bytes).as_bytes());
-        self.backend.write(FileKind::Key, &id.to_hex(), &key_bytes)?;
+        self.backend
+            .write(FileKind::Key, &id.to_hex(), &key_bytes)?;
         Ok(id)
     }
 
@@ -310,23 +356,53 @@ impl Repository {
     }
 
     fn seal_and_add(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
-        let level = if kind == BlobKind::Tree { DEFAULT_ZSTD_LEVEL } else { self.zstd_level };
-        let compressed = zstd::bulk::compress(data, level).map_err(|e| Error::Crypto(format!("zstd: {e}")))?;
-        let (flags, payload) = if compressed.len() + data.len() / MIN_COMPRESSION_GAIN_DIVISOR < data.len() {
-            (FLAG_ZSTD, compressed.as_slice())
+        let level = if kind == BlobKind::Tree {
+            DEFAULT_ZSTD_LEVEL
         } else {
-            (0, data)
+            self.zstd_level
         };
-        let sealed = self.keys.sealer.seal(&blob_aad(kind, flags, &id), payload)?;
-        let stored_bytes = sealed.len() as u64;
-        let full = {
+        let zstd_err = |e: std::io::Error| Error::Crypto(format!("zstd: {e}"));
+        let (stored_bytes, full) = SCRATCH.with(|cell| -> Result<_> {
+            let scratch = &mut *cell.borrow_mut();
+            if scratch.compressor.is_none() || scratch.level != level {
+                scratch.compressor = Some(zstd::bulk::Compressor::new(level).map_err(zstd_err)?);
+                scratch.level = level;
+            }
+            let compressor = scratch
+                .compressor
+                .as_mut()
+                .ok_or_else(|| Error::Crypto("zstd context".into()))?;
+            scratch.compressed.clear();
+            scratch
+                .compressed
+                .reserve(zstd::zstd_safe::compress_bound(data.len()));
+            compressor
+                .compress_to_buffer(data, &mut scratch.compressed)
+                .map_err(zstd_err)?;
+            let (flags, payload) = if scratch.compressed.len()
+                + data.len() / MIN_COMPRESSION_GAIN_DIVISOR
+                < data.len()
+            {
+                (FLAG_ZSTD, scratch.compressed.as_slice())
+            } else {
+                (0, data)
+            };
+            self.keys.sealer.seal_into(
+                &blob_aad(kind, flags, &id),
+                payload,
+                &mut scratch.sealed,
+            )?;
             let mut builder = match kind {
                 BlobKind::Data => self.data_pack.lock(),
                 BlobKind::Tree => self.tree_pack.lock(),
             };
-            builder.add(kind, flags, id, data.len() as u32, &sealed)?;
-            (builder.len() >= PACK_TARGET_BYTES).then(|| std::mem::take(&mut *builder))
-        };
+            if builder.is_empty() {
+                builder.use_buffer(self.buffers.lock().pop());
+            }
+            builder.add(kind, flags, id, data.len() as u32, &scratch.sealed)?;
+            let full = (builder.len() >= PACK_TARGET_BYTES).then(|| std::mem::take(&mut *builder));
+            Ok((scratch.sealed.len() as u64, full))
+        })?;
         if let Some(builder) = full {
             self.write_pack(builder)?;
         }
@@ -336,6 +412,13 @@ impl Repository {
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         let (id, bytes, records) = builder.finish(&self.keys.sealer)?;
         let written = self.backend.write(FileKind::Pack, &id.to_hex(), &bytes);
+        {
+            // Keep a few pack buffers for the next packs instead of freeing 16 MiB at a time.
+            let mut buffers = self.buffers.lock();
+            if buffers.len() < PACK_BUFFERS_KEPT {
+                buffers.push(bytes);
+            }
+        }
         let mut pending = self.pending.lock();
         for r in &records {
             pending.remove(&r.id);
@@ -407,18 +490,34 @@ impl Repository {
             .keys
             .sealer
             .open(&blob_aad(loc.kind, loc.flags, id), sealed)
-            .map_err(|_| damaged(format!("{} blob {} fails authentication", loc.kind, id.short())))?;
+            .map_err(|_| {
+                damaged(format!(
+                    "{} blob {} fails authentication",
+                    loc.kind,
+                    id.short()
+                ))
+            })?;
         let plain = if loc.compressed() {
             let mut out = Vec::with_capacity(loc.raw_len as usize);
             zstd::stream::read::Decoder::new(payload.as_slice())
                 .and_then(|d| d.take(u64::from(loc.raw_len) + 1).read_to_end(&mut out))
-                .map_err(|e| damaged(format!("{} blob {} does not decompress: {e}", loc.kind, id.short())))?;
+                .map_err(|e| {
+                    damaged(format!(
+                        "{} blob {} does not decompress: {e}",
+                        loc.kind,
+                        id.short()
+                    ))
+                })?;
             out
         } else {
             payload
         };
         if plain.len() != loc.raw_len as usize || self.blob_id(&plain) != *id {
-            return Err(damaged(format!("{} blob {} has the wrong content", loc.kind, id.short())));
+            return Err(damaged(format!(
+                "{} blob {} has the wrong content",
+                loc.kind,
+                id.short()
+            )));
         }
         Ok(plain)
     }
@@ -442,7 +541,8 @@ impl Repository {
         let plain = cbor(snapshot)?;
         let sealed = self.keys.sealer.seal(SNAPSHOT_AAD, &plain)?;
         let id = SnapshotId::from_bytes(*blake3::hash(&sealed).as_bytes());
-        self.backend.write(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        self.backend
+            .write(FileKind::Snapshot, &id.to_hex(), &sealed)?;
         Ok(id)
     }
 
@@ -451,7 +551,11 @@ impl Repository {
         let name = id.to_hex();
         let sealed = self.backend.read(FileKind::Snapshot, &name)?;
         if *blake3::hash(&sealed).as_bytes() != *id.as_bytes() {
-            return Err(Error::corrupt("snapshot", name, "content does not match its name"));
+            return Err(Error::corrupt(
+                "snapshot",
+                name,
+                "content does not match its name",
+            ));
         }
         let plain = self
             .keys
@@ -503,7 +607,10 @@ impl Repository {
                 let id = SnapshotId::from_hex(one).ok_or_else(|| err("bad snapshot file name"))?;
                 Ok((id, self.load_snapshot(&id)?))
             }
-            _ => Err(err(&format!("the prefix matches {} snapshots", matches.len()))),
+            _ => Err(err(&format!(
+                "the prefix matches {} snapshots",
+                matches.len()
+            ))),
         }
     }
 
@@ -512,8 +619,7 @@ impl Repository {
         Ok(self
             .snapshots()?
             .into_iter()
-            .filter(|(_, s)| s.source == source && s.host == host)
-            .next_back())
+            .rfind(|(_, s)| s.source == source && s.host == host))
     }
 
     pub(crate) fn index_packs(&self) -> Vec<PackId> {
@@ -528,4 +634,3 @@ impl Repository {
         parse_pack(&self.keys.sealer, name, bytes)
     }
 }
-

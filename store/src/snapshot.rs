@@ -66,7 +66,10 @@ pub struct Snapshot {
 }
 
 pub(crate) fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub(crate) fn username() -> String {

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use podvault_store::{
-    Backend, BlobKind, CheckOptions, Chunker, ChunkerParams, DirBackend, Error, FileKind, InitOptions, KdfParams,
-    Repository,
+    Backend, BlobKind, CheckOptions, Chunker, ChunkerParams, DirBackend, Error, FileKind,
+    InitOptions, KdfParams, Repository,
 };
 
 fn fast() -> InitOptions {
@@ -60,13 +60,29 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
     }
     repo.flush().expect("flush");
     let loc = repo.locate(&ids[0]).expect("indexed");
-    assert!(loc.compressed() && loc.sealed_len < 10_000, "compressible data is compressed");
-    assert!(!repo.locate(&ids[1]).expect("indexed").compressed(), "random data is stored raw");
+    assert!(
+        loc.compressed() && loc.sealed_len < 10_000,
+        "compressible data is compressed"
+    );
+    assert!(
+        !repo.locate(&ids[1]).expect("indexed").compressed(),
+        "random data is stored raw"
+    );
     drop(repo);
     let repo = Repository::open(backend(&path), b"pw").expect("open");
-    assert_eq!(repo.load_blob(BlobKind::Data, &ids[0]).expect("load"), compressible);
-    assert_eq!(repo.load_blob(BlobKind::Data, &ids[1]).expect("load"), random);
-    assert!(repo.check(CheckOptions { read_data: true }).expect("check").is_ok());
+    assert_eq!(
+        repo.load_blob(BlobKind::Data, &ids[0]).expect("load"),
+        compressible
+    );
+    assert_eq!(
+        repo.load_blob(BlobKind::Data, &ids[1]).expect("load"),
+        random
+    );
+    assert!(
+        repo.check(CheckOptions { read_data: true })
+            .expect("check")
+            .is_ok()
+    );
 }
 
 #[test]
@@ -74,35 +90,50 @@ fn wrong_password_and_second_key() {
     let tmp = tempfile::tempdir().expect("tmp");
     let path = tmp.path().join("repo");
     let repo = Repository::init(backend(&path), b"first", &fast()).expect("init");
-    let err = Repository::open(backend(&path), b"nope").err().expect("wrong password fails");
+    let err = Repository::open(backend(&path), b"nope")
+        .err()
+        .expect("wrong password fails");
     assert!(matches!(err, Error::WrongPassword { keys: 1, .. }), "{err}");
     assert!(err.to_string().contains("wrong password"), "{err}");
     repo.add_key(b"second").expect("add key");
     let by_second = Repository::open(backend(&path), b"second").expect("second opens");
     assert_eq!(by_second.config().id, repo.config().id);
-    assert_eq!(by_second.blob_id(b"x"), repo.blob_id(b"x"), "same master key");
+    assert_eq!(
+        by_second.blob_id(b"x"),
+        repo.blob_id(b"x"),
+        "same master key"
+    );
 }
 
 #[test]
 fn missing_and_foreign_locations_are_not_repositories() {
     let tmp = tempfile::tempdir().expect("tmp");
     let missing = tmp.path().join("missing");
-    let err = Repository::open(backend(&missing), b"pw").err().expect("missing");
+    let err = Repository::open(backend(&missing), b"pw")
+        .err()
+        .expect("missing");
     assert!(matches!(err, Error::NotARepository { .. }), "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
     let foreign = tmp.path().join("foreign");
     fs::create_dir(&foreign).expect("mkdir");
     fs::write(foreign.join("config"), b"{ not json").expect("write");
-    let err = Repository::open(backend(&foreign), b"pw").err().expect("foreign");
+    let err = Repository::open(backend(&foreign), b"pw")
+        .err()
+        .expect("foreign");
     assert!(matches!(err, Error::NotARepository { .. }), "{err}");
     let file = tmp.path().join("file");
     fs::write(&file, b"x").expect("write");
     let err = Repository::open(backend(&file), b"pw").err().expect("file");
     assert!(matches!(err, Error::NotARepository { .. }), "{err}");
     // init refuses a non-empty directory and leaves it alone
-    let err = Repository::init(backend(&foreign), b"pw", &fast()).err().expect("non-empty");
+    let err = Repository::init(backend(&foreign), b"pw", &fast())
+        .err()
+        .expect("non-empty");
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
-    assert_eq!(fs::read(foreign.join("config")).expect("kept"), b"{ not json");
+    assert_eq!(
+        fs::read(foreign.join("config")).expect("kept"),
+        b"{ not json"
+    );
 }
 
 #[test]
@@ -115,7 +146,10 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
     repo.save_blob(BlobKind::Data, id, &data).expect("save");
     repo.flush().expect("flush");
     let loc = repo.locate(&id).expect("indexed");
-    let pack_path = path.join("data").join(&loc.pack.to_hex()[..2]).join(loc.pack.to_hex());
+    let pack_path = path
+        .join("data")
+        .join(&loc.pack.to_hex()[..2])
+        .join(loc.pack.to_hex());
     let mut bytes = fs::read(&pack_path).expect("pack");
     bytes[loc.offset as usize + 100] ^= 0x01;
     fs::write(&pack_path, &bytes).expect("write");
@@ -123,7 +157,11 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
     assert!(err.to_string().contains(&loc.pack.to_hex()), "{err}");
     let report = repo.check(CheckOptions { read_data: true }).expect("check");
     assert!(!report.is_ok());
-    assert!(report.problems[0].object.contains(&loc.pack.to_hex()), "{:?}", report.problems);
+    assert!(
+        report.problems[0].object.contains(&loc.pack.to_hex()),
+        "{:?}",
+        report.problems
+    );
     // Without reading data, the structure still looks sound.
     assert!(repo.check(CheckOptions::default()).expect("check").is_ok());
 }
@@ -137,7 +175,9 @@ fn a_missing_pack_is_a_check_error() {
     repo.save_blob(BlobKind::Data, id, b"x").expect("save");
     repo.flush().expect("flush");
     let pack = repo.locate(&id).expect("indexed").pack;
-    repo.backend().delete(FileKind::Pack, &pack.to_hex()).expect("delete");
+    repo.backend()
+        .delete(FileKind::Pack, &pack.to_hex())
+        .expect("delete");
     let report = repo.check(CheckOptions::default()).expect("check");
     assert_eq!(report.problems.len(), 1);
     assert!(report.problems[0].message.contains("missing"));
@@ -154,7 +194,9 @@ fn interrupted_writes_leave_only_unreferenced_data() {
     repo.save_blob(BlobKind::Data, id, b"x").expect("save");
     repo.flush().expect("flush");
     for (name, _) in repo.backend().list(FileKind::Index).expect("list") {
-        repo.backend().delete(FileKind::Index, &name).expect("delete");
+        repo.backend()
+            .delete(FileKind::Index, &name)
+            .expect("delete");
     }
     fs::write(path.join("index").join(".tmp-partial"), b"half").expect("temp file");
     let repo = Repository::open(backend(&path), b"pw").expect("open");

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, runnable on a fresh machine: installs what the tests need (each
+# install guarded so a machine that has it skips it), then checks formatting and lints and
+# runs every test. Never prompts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+apt_updated=
+need_apt() { # need_apt COMMAND PACKAGE...
+  command -v "$1" >/dev/null 2>&1 && return 0
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+  apt-get install -y -qq "${@:2}" >/dev/null
+}
+
+# Real-data tests build a PostgreSQL data directory and start a server on the restore.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || { need_apt __none__ postgresql postgresql-contrib; }
+need_apt pgbench postgresql-contrib
+need_apt runuser util-linux
+command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is required (Rust 1.95)" >&2; exit 1; }
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

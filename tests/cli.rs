@@ -1,0 +1,342 @@
+//! The `podvault` binary as a user runs it: exit codes, messages and JSON output.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().to_path_buf();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        Env { _tmp: tmp, root }
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.root.join("repo")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_podvault"));
+        c.env("PODVAULT_REPO", self.repo())
+            .env("PODVAULT_PASSWORD", "correct horse")
+            .env_remove("PODVAULT_PASSWORD_FILE")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run podvault")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("valid JSON")
+    }
+
+    fn init(&self) {
+        self.ok(&[
+            "repo",
+            "init",
+            "--kdf-memory-kib",
+            "256",
+            "--kdf-iterations",
+            "1",
+        ]);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn make_source(root: &Path) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("sub")).expect("mkdir");
+    fs::write(src.join("a.txt"), "hello\n".repeat(1000)).expect("write");
+    // Incompressible, so the data pack is the largest file of the repository.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(src.join("sub/b.bin"), random).expect("write");
+    src
+}
+
+#[test]
+fn create_list_show_restore_and_check_with_json() {
+    let env = Env::new();
+    env.init();
+    let src = make_source(&env.root);
+    let created = env.json(&[
+        "snapshot",
+        "create",
+        src.to_str().expect("utf-8"),
+        "--tag",
+        "daily",
+    ]);
+    let id = created["id"].as_str().expect("id").to_string();
+    assert_eq!(created["snapshot"]["summary"]["files"], 2);
+    assert_eq!(created["snapshot"]["tags"][0], "daily");
+    assert_eq!(created["unreadable"].as_array().expect("list").len(), 0);
+
+    let second = env.json(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    assert_eq!(second["snapshot"]["parent"], id.as_str());
+    assert_eq!(second["snapshot"]["summary"]["files_unmodified"], 2);
+    assert_eq!(second["snapshot"]["summary"]["bytes_new"], 0);
+
+    let list = env.json(&["snapshot", "ls"]);
+    assert_eq!(list.as_array().expect("array").len(), 2);
+    let shown = env.json(&["snapshot", "show", &id[..8]]);
+    assert_eq!(shown["id"], id.as_str());
+    assert!(shown["dedup_ratio"].as_f64().expect("ratio") > 1.0);
+    let human = env.ok(&["snapshot", "show", "latest"]);
+    assert!(
+        human.contains("dedup") && human.contains("duration"),
+        "{human}"
+    );
+
+    let out = env.root.join("out");
+    let restored = env.json(&["snapshot", "restore", &id, out.to_str().expect("utf-8")]);
+    assert_eq!(restored["restore"]["files"], 2);
+    assert_eq!(
+        fs::read(out.join("a.txt")).expect("a"),
+        fs::read(src.join("a.txt")).expect("a")
+    );
+    assert_eq!(
+        fs::read(out.join("sub/b.bin")).expect("b"),
+        fs::read(src.join("sub/b.bin")).expect("b")
+    );
+
+    let check = env.json(&["repo", "check", "--read-data"]);
+    assert_eq!(check["problems"].as_array().expect("problems").len(), 0);
+    assert!(check["blobs_read"].as_u64().expect("count") > 0);
+}
+
+#[test]
+fn non_empty_target_needs_overwrite() {
+    let env = Env::new();
+    env.init();
+    let src = make_source(&env.root);
+    env.ok(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    let out = env.root.join("out");
+    fs::create_dir(&out).expect("mkdir");
+    fs::write(out.join("a.txt"), b"old").expect("write");
+    let r = env.run(&[
+        "snapshot",
+        "restore",
+        "latest",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("not empty") && stderr(&r).contains("--overwrite"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(
+        fs::read(out.join("a.txt")).expect("kept"),
+        b"old",
+        "nothing replaced"
+    );
+    env.ok(&[
+        "snapshot",
+        "restore",
+        "latest",
+        out.to_str().expect("utf-8"),
+        "--overwrite",
+    ]);
+    assert_eq!(
+        fs::read(out.join("a.txt")).expect("a"),
+        fs::read(src.join("a.txt")).expect("a")
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let env = Env::new();
+    // No repository yet.
+    let r = env.run(&["snapshot", "ls"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("not a podvault repository"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(
+        stderr(&r).contains(env.repo().to_str().expect("utf-8")),
+        "{}",
+        stderr(&r)
+    );
+    env.init();
+    // Wrong password.
+    let r = env
+        .cmd()
+        .env("PODVAULT_PASSWORD", "wrong")
+        .args(["snapshot", "ls"])
+        .output()
+        .expect("run");
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("wrong password"), "{}", stderr(&r));
+    // No password and no terminal.
+    let r = env
+        .cmd()
+        .env_remove("PODVAULT_PASSWORD")
+        .args(["snapshot", "ls"])
+        .output()
+        .expect("run");
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("--password-file"), "{}", stderr(&r));
+    // Password from a file.
+    let pw = env.root.join("pw");
+    fs::write(&pw, "correct horse\n").expect("write");
+    let r = env
+        .cmd()
+        .env_remove("PODVAULT_PASSWORD")
+        .args([
+            "--password-file",
+            pw.to_str().expect("utf-8"),
+            "snapshot",
+            "ls",
+        ])
+        .output()
+        .expect("run");
+    assert!(r.status.success(), "{}", stderr(&r));
+    // A missing source directory.
+    let r = env.run(&["snapshot", "create", "/definitely/not/here"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("/definitely/not/here"),
+        "{}",
+        stderr(&r)
+    );
+    // An unknown snapshot.
+    let r = env.run(&["snapshot", "show", "deadbeef"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("deadbeef"), "{}", stderr(&r));
+    // init over an existing repository.
+    let r = env.run(&["repo", "init"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("already exists"), "{}", stderr(&r));
+}
+
+#[test]
+fn a_flipped_byte_is_named_by_check_and_restore() {
+    let env = Env::new();
+    env.init();
+    let src = make_source(&env.root);
+    env.ok(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    // Damage the largest pack (the data pack) in the middle.
+    let mut packs: Vec<PathBuf> = walkdir(&env.repo().join("data"));
+    packs.sort_by_key(|p| fs::metadata(p).expect("stat").len());
+    let pack = packs.pop().expect("a pack");
+    let mut bytes = fs::read(&pack).expect("read");
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+    let name = pack
+        .file_name()
+        .expect("name")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+
+    let r = env.run(&["repo", "check", "--read-data"]);
+    assert_eq!(r.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains(&name), "{out}");
+    assert!(
+        out.contains("/sub/b.bin") || out.contains("/a.txt"),
+        "names the affected file: {out}"
+    );
+
+    let target = env.root.join("out");
+    let r = env.run(&[
+        "snapshot",
+        "restore",
+        "latest",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = stderr(&r);
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains("b.bin") || err.contains("a.txt"), "{err}");
+}
+
+#[test]
+fn unreadable_files_give_exit_code_3_and_are_listed() {
+    let env = Env::new();
+    env.init();
+    let src = make_source(&env.root);
+    let secret = src.join("secret");
+    fs::write(&secret, b"top secret").expect("write");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+    let as_root = rustix::process::geteuid().is_root();
+    let mut cmd = if as_root {
+        // Root reads everything: run as nobody, who owns the repository but not the file.
+        chown_tree(&env.repo(), 65534);
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_podvault")]);
+        c.env("PODVAULT_REPO", env.repo())
+            .env("PODVAULT_PASSWORD", "correct horse");
+        c
+    } else {
+        env.cmd()
+    };
+    let r = cmd
+        .args(["snapshot", "create", src.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("secret"), "{out}");
+    // The snapshot was saved with the other files.
+    let list = env.json(&["snapshot", "ls"]);
+    assert_eq!(list[0]["snapshot"]["summary"]["files"], 3);
+    assert_eq!(list[0]["snapshot"]["summary"]["errors"], 1);
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    let status = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
