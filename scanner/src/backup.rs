@@ -69,6 +69,9 @@ pub struct BackupOptions {
     /// Files queued ahead of the workers; with the window size and the pack size this
     /// bounds memory.
     pub queue_files: usize,
+    /// Files at least this large are read through a memory map, smaller ones with plain
+    /// reads (`u64::MAX`: never map).
+    pub mmap_min_bytes: u64,
     /// Live counters to update, if someone displays them.
     pub progress: Option<Arc<Progress>>,
     /// Called with each file's path right after it is mapped and before it is read.
@@ -86,6 +89,7 @@ impl BackupOptions {
             parent: ParentChoice::Latest,
             threads: 0,
             queue_files: 64,
+            mmap_min_bytes: crate::MMAP_MIN_BYTES,
             progress: None,
             after_map: None,
         }
@@ -141,6 +145,7 @@ struct Ctx<'a> {
     pool: rayon::ThreadPool,
     progress: Option<Arc<Progress>>,
     after_map: Option<FileHook>,
+    mmap_min_bytes: u64,
 }
 
 impl Ctx<'_> {
@@ -294,6 +299,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         pool,
         progress: options.progress.clone(),
         after_map: options.after_map.clone(),
+        mmap_min_bytes: options.mmap_min_bytes,
     };
     if let Some(p) = &options.progress {
         spawn_prescan(source.clone(), p.clone());
@@ -656,7 +662,7 @@ fn read_file(
             )));
         }
         let size = md.len();
-        if size >= crate::MMAP_MIN_BYTES
+        if size >= ctx.mmap_min_bytes
             && let Ok(len) = usize::try_from(size)
             && let Ok(map) = GuardedMap::new(&file, len)
         {
@@ -686,25 +692,58 @@ fn read_file(
             ctx.progress(1, 0);
             return Ok(());
         }
-        buf.clear();
-        (&file)
-            .take(size.max(1) * 2 + 4096)
-            .read_to_end(buf)
-            .map_err(FileError::Io)?;
-        let len = buf.len();
-        let mut pos = 0;
-        while pos < len {
-            let end = (pos + WINDOW_BYTES).min(len);
-            pos = ctx.store_range(buf, pos, end, &mut node.content)?;
-        }
-        add(&ctx.stats.bytes_read, len as u64);
-        ctx.progress(1, len as u64);
-        node.size = len as u64;
+        let total = read_streaming(ctx, &file, buf, &mut node.content)?;
+        node.size = total;
+        ctx.progress(1, 0);
         return Ok(());
     }
     Err(FileError::Io(std::io::Error::other(
         "the file kept changing while being read",
     )))
+}
+
+/// Reads a file with plain reads in windows, so memory stays bounded whatever its size;
+/// returns the bytes read.
+fn read_streaming(
+    ctx: &Ctx<'_>,
+    mut file: &File,
+    buf: &mut Vec<u8>,
+    content: &mut Vec<BlobId>,
+) -> Result<u64, FileError> {
+    let max = ctx.repo.chunker().params().max_bytes as usize;
+    let want = WINDOW_BYTES + max;
+    buf.clear();
+    let mut total = 0u64;
+    let mut eof = false;
+    loop {
+        while !eof && buf.len() < want {
+            let start = buf.len();
+            buf.resize(want, 0);
+            match file.read(&mut buf[start..]) {
+                Ok(0) => {
+                    buf.truncate(start);
+                    eof = true;
+                }
+                Ok(n) => buf.truncate(start + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) => return Err(FileError::Io(e)),
+            }
+        }
+        if buf.is_empty() {
+            return Ok(total);
+        }
+        // Without the end of the file in view, cut only where a whole maximal chunk follows,
+        // so every cut is the one a single pass over the whole file would make.
+        let end = if eof { buf.len() } else { buf.len() + 1 - max };
+        let done = ctx.store_range(buf, 0, end, content)?;
+        add(&ctx.stats.bytes_read, done as u64);
+        ctx.progress(0, done as u64);
+        total += done as u64;
+        buf.drain(..done);
+        if ctx.failed() {
+            return Ok(total);
+        }
+    }
 }
 
 fn assemble(ctx: &Ctx<'_>, dirs: Receiver<DirJob>) {

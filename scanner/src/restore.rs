@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
@@ -65,10 +66,25 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
-struct FileJob {
+/// A file being restored: shared by the jobs that write its parts; the job that finishes
+/// last applies its metadata.
+struct FileState {
     path: PathBuf,
     node: Node,
+    jobs_left: AtomicUsize,
+    failed: AtomicBool,
 }
+
+/// Part of a file to write: chunks `first..end` of its content, the first at `offset`.
+struct FileJob {
+    file: Arc<FileState>,
+    first: usize,
+    end: usize,
+    offset: u64,
+}
+
+/// Large files are split into jobs of about this many bytes, written in parallel.
+const JOB_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Restores `snapshot` into `options.target`.
 pub fn restore(
@@ -109,18 +125,25 @@ pub fn restore(
             let (report, errors, progress) = (&report, &errors, options.progress.as_deref());
             s.spawn(move || {
                 for job in rx {
-                    match write_file(repo, &job.path, &job.node, progress) {
-                        Ok(bytes) => {
-                            let warnings = meta::apply(&job.path, &job.node, as_root);
-                            let mut r = report.lock();
-                            r.bytes += bytes;
-                            r.warnings.extend(
-                                warnings
-                                    .into_iter()
-                                    .map(|w| format!("{}: {w}", job.path.display())),
-                            );
+                    let file = &job.file;
+                    match write_part(repo, &job, progress) {
+                        Ok(bytes) => report.lock().bytes += bytes,
+                        Err(e) => {
+                            file.failed.store(true, Ordering::Release);
+                            errors.lock().push(e);
                         }
-                        Err(e) => errors.lock().push(e),
+                    }
+                    let last = file.jobs_left.fetch_sub(1, Ordering::AcqRel) == 1;
+                    if last && !file.failed.load(Ordering::Acquire) {
+                        if let Some(p) = progress {
+                            p.add_done(1, 0);
+                        }
+                        let warnings = meta::apply(&file.path, &file.node, as_root);
+                        report.lock().warnings.extend(
+                            warnings
+                                .into_iter()
+                                .map(|w| format!("{}: {w}", file.path.display())),
+                        );
                     }
                 }
             });
@@ -267,18 +290,7 @@ impl Walker<'_> {
                     self.links
                         .insert((node.device, node.inode), path.to_path_buf());
                 }
-                // Created here, written by a worker: a later hard link to it can be made now.
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(write_err)?;
-                let _ = self.tx.send(FileJob {
-                    path: path.to_path_buf(),
-                    node: node.clone(),
-                });
+                self.queue_file(path, node)?;
             }
             NodeKind::Symlink => {
                 self.clear(path)?;
@@ -292,6 +304,81 @@ impl Walker<'_> {
                 self.finish_other(path, node);
             }
             NodeKind::Socket => {}
+        }
+        Ok(())
+    }
+
+    /// Creates the file (so a later hard link to it can be made at once), sized to its
+    /// content with holes, and queues the jobs that write it.
+    fn queue_file(&mut self, path: &Path, node: &Node) -> Result<()> {
+        let content_err = |reason: String| Error::Content {
+            path: path.to_path_buf(),
+            source: podvault_store::Error::Corrupt {
+                what: "file",
+                name: path.display().to_string(),
+                reason,
+            },
+        };
+        let mut sizes = Vec::with_capacity(node.content.len());
+        for id in &node.content {
+            let loc = self.repo.locate(id).ok_or_else(|| Error::Content {
+                path: path.to_path_buf(),
+                source: podvault_store::Error::MissingBlob {
+                    kind: BlobKind::Data,
+                    id: id.to_hex(),
+                },
+            })?;
+            sizes.push(u64::from(loc.raw_len));
+        }
+        let total: u64 = sizes.iter().sum();
+        if total != node.size {
+            return Err(content_err(format!(
+                "content is {total} bytes but the snapshot says {}",
+                node.size
+            )));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        file.set_len(total).map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut parts = Vec::new();
+        let (mut first, mut offset, mut part_start, mut part_bytes) = (0, 0u64, 0u64, 0u64);
+        for (i, size) in sizes.iter().enumerate() {
+            part_bytes += size;
+            offset += size;
+            if part_bytes >= JOB_BYTES || i + 1 == sizes.len() {
+                parts.push((first, i + 1, part_start));
+                first = i + 1;
+                part_start = offset;
+                part_bytes = 0;
+            }
+        }
+        if parts.is_empty() {
+            parts.push((0, 0, 0)); // an empty file still gets its metadata from a worker
+        }
+        let state = Arc::new(FileState {
+            path: path.to_path_buf(),
+            node: node.clone(),
+            jobs_left: AtomicUsize::new(parts.len()),
+            failed: AtomicBool::new(false),
+        });
+        for (first, end, offset) in parts {
+            let _ = self.tx.send(FileJob {
+                file: state.clone(),
+                first,
+                end,
+                offset,
+            });
         }
         Ok(())
     }
@@ -328,29 +415,28 @@ impl Walker<'_> {
     }
 }
 
-/// Writes a file's content; returns the bytes written.
-fn write_file(
-    repo: &Repository,
-    path: &Path,
-    node: &Node,
-    progress: Option<&Progress>,
-) -> Result<u64> {
+/// Writes one part of a file; returns the bytes written (holes excluded).
+fn write_part(repo: &Repository, job: &FileJob, progress: Option<&Progress>) -> Result<u64> {
+    let path = &job.file.path;
     let write_err = |source: std::io::Error| Error::Write {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
+    if job.first == job.end {
+        return Ok(0);
+    }
     let file: File = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(write_err)?;
-    let mut offset = 0u64;
+    let mut offset = job.offset;
     let mut written = 0u64;
-    for id in &node.content {
+    for id in &job.file.node.content[job.first..job.end] {
         let data = repo
             .load_blob(BlobKind::Data, id)
             .map_err(|source| Error::Content {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             })?;
         written += write_sparse(&file, &data, offset).map_err(write_err)?;
@@ -358,24 +444,6 @@ fn write_file(
         if let Some(p) = progress {
             p.add_done(0, data.len() as u64);
         }
-    }
-    // Extends over trailing zero chunks, leaving them as a hole.
-    file.set_len(offset).map_err(write_err)?;
-    if offset != node.size {
-        return Err(Error::Content {
-            path: path.to_path_buf(),
-            source: podvault_store::Error::Corrupt {
-                what: "file",
-                name: path.display().to_string(),
-                reason: format!(
-                    "content is {offset} bytes but the snapshot says {}",
-                    node.size
-                ),
-            },
-        });
-    }
-    if let Some(p) = progress {
-        p.add_done(1, 0);
     }
     Ok(written)
 }

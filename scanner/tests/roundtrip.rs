@@ -400,6 +400,28 @@ fn parallel_and_serial_backups_give_identical_trees() {
 }
 
 #[test]
+fn mapped_and_streamed_reads_cut_the_same_chunks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    // Larger than several read windows, with repeats so some chunks deduplicate.
+    let mut data = Rng(11).bytes(20 << 20);
+    data.extend_from_within(..5 << 20);
+    fs::write(src.join("big"), &data).expect("write");
+    let repo = new_repo(tmp.path());
+    let mut trees = Vec::new();
+    for mmap_min_bytes in [0, u64::MAX] {
+        let mut o = BackupOptions::new(&src);
+        o.parent = ParentChoice::None;
+        o.mmap_min_bytes = mmap_min_bytes;
+        let report = backup(&repo, &o).expect("backup");
+        assert_eq!(report.snapshot.summary.bytes_read, data.len() as u64);
+        trees.push(report.snapshot.tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+}
+
+#[test]
 fn unchanged_files_are_reused_and_changed_ones_read() {
     let tmp = tempfile::tempdir().expect("tmp");
     let src = tmp.path().join("src");

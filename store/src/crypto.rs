@@ -226,6 +226,28 @@ impl Sealer {
         Ok(())
     }
 
+    /// Opens a sealed message where it lies; returns where the plaintext now is in `buf`.
+    pub(crate) fn open_in_place(
+        &self,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, ()> {
+        if buf.len() < SEAL_OVERHEAD_BYTES {
+            return Err(());
+        }
+        let nonce: [u8; NONCE_BYTES] = buf[..NONCE_BYTES].try_into().map_err(|_| ())?;
+        let len = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[NONCE_BYTES..],
+            )
+            .map_err(|_| ())?
+            .len();
+        Ok(NONCE_BYTES..NONCE_BYTES + len)
+    }
+
     /// Opens a sealed message; `Err(())` when it was damaged, forged or sealed with another key.
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ()> {
         if sealed.len() < SEAL_OVERHEAD_BYTES {

@@ -2,7 +2,6 @@
 //! snapshots.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -99,6 +98,8 @@ struct Scratch {
 }
 
 thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
     static SCRATCH: std::cell::RefCell<Scratch> = const {
         std::cell::RefCell::new(Scratch {
             level: 0,
@@ -480,44 +481,55 @@ impl Repository {
                 format!("truncated: {kind} blob {} lies beyond its end", id.short()),
             ));
         }
-        self.open_blob(id, &loc, &sealed)
+        self.open_blob_owned(id, &loc, sealed)
     }
 
     /// Opens a sealed blob read from its pack and checks that its content has the id.
     pub fn open_blob(&self, id: &BlobId, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
-        let damaged = |reason: String| Error::corrupt("pack", loc.pack.to_hex(), reason);
-        let payload = self
+        self.open_blob_owned(id, loc, sealed.to_vec())
+    }
+
+    /// As [`open_blob`](Self::open_blob), decrypting in the buffer it is given.
+    fn open_blob_owned(
+        &self,
+        id: &BlobId,
+        loc: &BlobLocation,
+        mut sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let damaged = |what: &str| {
+            Error::corrupt(
+                "pack",
+                loc.pack.to_hex(),
+                format!("{} blob {} {what}", loc.kind, id.short()),
+            )
+        };
+        let range = self
             .keys
             .sealer
-            .open(&blob_aad(loc.kind, loc.flags, id), sealed)
-            .map_err(|_| {
-                damaged(format!(
-                    "{} blob {} fails authentication",
-                    loc.kind,
-                    id.short()
-                ))
-            })?;
+            .open_in_place(&blob_aad(loc.kind, loc.flags, id), &mut sealed)
+            .map_err(|_| damaged("fails authentication"))?;
         let plain = if loc.compressed() {
             let mut out = Vec::with_capacity(loc.raw_len as usize);
-            zstd::stream::read::Decoder::new(payload.as_slice())
-                .and_then(|d| d.take(u64::from(loc.raw_len) + 1).read_to_end(&mut out))
-                .map_err(|e| {
-                    damaged(format!(
-                        "{} blob {} does not decompress: {e}",
-                        loc.kind,
-                        id.short()
-                    ))
-                })?;
+            DECOMPRESSOR
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match slot.as_mut() {
+                        Some(d) => d.decompress_to_buffer(&sealed[range], &mut out),
+                        None => Err(std::io::Error::other("no zstd context")),
+                    }
+                })
+                .map_err(|e| damaged(&format!("does not decompress: {e}")))?;
             out
         } else {
-            payload
+            sealed.copy_within(range.clone(), 0);
+            sealed.truncate(range.len());
+            sealed
         };
         if plain.len() != loc.raw_len as usize || self.blob_id(&plain) != *id {
-            return Err(damaged(format!(
-                "{} blob {} has the wrong content",
-                loc.kind,
-                id.short()
-            )));
+            return Err(damaged("has the wrong content"));
         }
         Ok(plain)
     }
