@@ -38,6 +38,7 @@ results="$work/results.tsv"
 measure() {
   local tool=$1 row=$2; shift 2
   local out
+  sync # earlier writes are flushed before the clock starts, whichever tool made them
   out=$(/usr/bin/time -f '%e %M' "$@" 2>&1 >/dev/null | tail -n 1) || {
     echo "compare.sh: $tool $row failed: $out" >&2; exit 1; }
   printf '%s\t%s\t%s\t%s\n' "$tool" "$row" ${out} >>"$results"
@@ -74,10 +75,15 @@ size() { # TOOL ROW: repository size in MiB, recorded in the time column
   echo "$1	$2	$(du -sm "$work/repo-$1" | cut -f1)	0" >>"$results"
 }
 
-tools="podvault restic rustic"
 pg="$work/pgdata"
 for run in $(seq "$runs"); do
   echo "run $run/$runs" >&2
+  # Each run puts another tool first, so none always pays for the others' writeback.
+  case $((run % 3)) in
+    1) tools="podvault restic rustic" ;;
+    2) tools="restic rustic podvault" ;;
+    0) tools="rustic podvault restic" ;;
+  esac
   rm -rf "$pg" && cp -a "$work/pgdata-pristine" "$pg"
   for t in $tools; do init "$t"; backup "$t" "pgdata first" "$pg"; done
   for t in $tools; do backup "$t" "pgdata no change" "$pg"; done

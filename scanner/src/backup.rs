@@ -706,7 +706,7 @@ fn read_file(
 /// returns the bytes read.
 fn read_streaming(
     ctx: &Ctx<'_>,
-    mut file: &File,
+    file: &File,
     buf: &mut Vec<u8>,
     content: &mut Vec<BlobId>,
 ) -> Result<u64, FileError> {
@@ -716,18 +716,12 @@ fn read_streaming(
     let mut total = 0u64;
     let mut eof = false;
     loop {
-        while !eof && buf.len() < want {
-            let start = buf.len();
-            buf.resize(want, 0);
-            match file.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    eof = true;
-                }
-                Ok(n) => buf.truncate(start + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-                Err(e) => return Err(FileError::Io(e)),
-            }
+        if !eof && buf.len() < want {
+            // read_to_end fills spare capacity without zeroing it first, and only grows the
+            // buffer as far as the file goes.
+            let need = (want - buf.len()) as u64;
+            let n = file.take(need).read_to_end(buf).map_err(FileError::Io)?;
+            eof = (n as u64) < need;
         }
         if buf.is_empty() {
             return Ok(total);
