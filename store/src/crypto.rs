@@ -7,7 +7,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::limits::{NONCE_BYTES, SEAL_OVERHEAD_BYTES, TAG_BYTES};
+use crate::limits::{NONCE_BYTES, SEAL_OVERHEAD_BYTES};
 
 /// Salt of the HKDF that derives every subkey from the master key.
 const HKDF_SALT: &[u8] = b"podvault repository v1";
@@ -250,22 +250,10 @@ impl Sealer {
 
     /// Opens a sealed message; `Err(())` when it was damaged, forged or sealed with another key.
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ()> {
-        if sealed.len() < SEAL_OVERHEAD_BYTES {
-            return Err(());
-        }
-        let nonce: [u8; NONCE_BYTES] = sealed[..NONCE_BYTES].try_into().map_err(|_| ())?;
-        let mut buf = sealed[NONCE_BYTES..].to_vec();
-        let plain_len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| ())?
-            .len();
-        debug_assert_eq!(plain_len + TAG_BYTES, sealed.len() - NONCE_BYTES);
-        buf.truncate(plain_len);
+        let mut buf = sealed.to_vec();
+        let range = self.open_in_place(aad, &mut buf)?;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
         Ok(buf)
     }
 }

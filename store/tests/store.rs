@@ -166,14 +166,20 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
     assert!(repo.check(CheckOptions::default()).expect("check").is_ok());
 }
 
-#[test]
-fn a_missing_pack_is_a_check_error() {
+/// A repository holding one flushed blob, and that blob's id.
+fn repo_with_one_blob() -> (tempfile::TempDir, Repository, podvault_store::BlobId) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let path = tmp.path().join("repo");
-    let repo = Repository::init(backend(&path), b"pw", &fast()).expect("init");
+    let repo = Repository::init(backend(&tmp.path().join("repo")), b"pw", &fast()).expect("init");
     let id = repo.blob_id(b"x");
     repo.save_blob(BlobKind::Data, id, b"x").expect("save");
     repo.flush().expect("flush");
+    (tmp, repo, id)
+}
+
+#[test]
+fn a_missing_pack_is_a_check_error() {
+    let (tmp, repo, id) = repo_with_one_blob();
+    let path = tmp.path().join("repo");
     let pack = repo.locate(&id).expect("indexed").pack;
     repo.backend()
         .delete(FileKind::Pack, &pack.to_hex())
@@ -187,12 +193,8 @@ fn a_missing_pack_is_a_check_error() {
 fn interrupted_writes_leave_only_unreferenced_data() {
     // Packs are written before the index that lists them: a pack without an index entry is
     // what an interruption leaves, and check reports it as harmless.
-    let tmp = tempfile::tempdir().expect("tmp");
+    let (tmp, repo, id) = repo_with_one_blob();
     let path = tmp.path().join("repo");
-    let repo = Repository::init(backend(&path), b"pw", &fast()).expect("init");
-    let id = repo.blob_id(b"x");
-    repo.save_blob(BlobKind::Data, id, b"x").expect("save");
-    repo.flush().expect("flush");
     for (name, _) in repo.backend().list(FileKind::Index).expect("list") {
         repo.backend()
             .delete(FileKind::Index, &name)
