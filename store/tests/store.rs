@@ -178,8 +178,7 @@ fn repo_with_one_blob() -> (tempfile::TempDir, Repository, podvault_store::BlobI
 
 #[test]
 fn a_missing_pack_is_a_check_error() {
-    let (tmp, repo, id) = repo_with_one_blob();
-    let path = tmp.path().join("repo");
+    let (_tmp, repo, id) = repo_with_one_blob();
     let pack = repo.locate(&id).expect("indexed").pack;
     repo.backend()
         .delete(FileKind::Pack, &pack.to_hex())
@@ -193,7 +192,7 @@ fn a_missing_pack_is_a_check_error() {
 fn interrupted_writes_leave_only_unreferenced_data() {
     // Packs are written before the index that lists them: a pack without an index entry is
     // what an interruption leaves, and check reports it as harmless.
-    let (tmp, repo, id) = repo_with_one_blob();
+    let (tmp, repo, _id) = repo_with_one_blob();
     let path = tmp.path().join("repo");
     for (name, _) in repo.backend().list(FileKind::Index).expect("list") {
         repo.backend()
