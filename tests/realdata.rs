@@ -51,6 +51,19 @@ impl Repo {
             .args(args));
         serde_json::from_str(&out).expect("JSON output")
     }
+
+    fn backup(&self, dir: &Path) -> serde_json::Value {
+        self.json(&["snapshot", "create", dir.to_str().expect("utf-8")])
+    }
+
+    fn restore_latest(&self, target: &Path) -> serde_json::Value {
+        self.json(&[
+            "snapshot",
+            "restore",
+            "latest",
+            target.to_str().expect("utf-8"),
+        ])
+    }
 }
 
 /// Type, mode, owner, mtime (ns), size, link count and link target of every entry, and
@@ -97,13 +110,13 @@ fn a_copy_of_usr_share_round_trips_and_a_second_backup_reads_nothing() {
     let tree = tmp.path().join("tree");
     datasets(&["tree", tree.to_str().expect("utf-8")]);
     let repo = Repo::new(tmp.path().join("repo"));
-    let first = repo.json(&["snapshot", "create", tree.to_str().expect("utf-8")]);
+    let first = repo.backup(&tree);
     let files = first["snapshot"]["summary"]["files"]
         .as_u64()
         .expect("files");
     assert!(files > 1000, "a real tree: {files} files");
     assert_eq!(first["unreadable"].as_array().expect("list").len(), 0);
-    let second = repo.json(&["snapshot", "create", tree.to_str().expect("utf-8")]);
+    let second = repo.backup(&tree);
     assert_eq!(
         second["snapshot"]["summary"]["files_unmodified"].as_u64(),
         Some(files)
@@ -114,12 +127,7 @@ fn a_copy_of_usr_share_round_trips_and_a_second_backup_reads_nothing() {
     );
     assert_eq!(second["snapshot"]["tree"], first["snapshot"]["tree"]);
     let out = tmp.path().join("out");
-    repo.json(&[
-        "snapshot",
-        "restore",
-        "latest",
-        out.to_str().expect("utf-8"),
-    ]);
+    repo.restore_latest(&out);
     assert_same_tree(&tree, &out);
     let check = repo.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["problems"].as_array().expect("problems").len(), 0);
@@ -190,11 +198,11 @@ fn postgres_starts_on_a_restored_incremental_backup_with_the_same_data() {
     let pg = tmp.path().join("pgdata");
     datasets(&["pgdata", pg.to_str().expect("utf-8"), "5"]);
     let repo = Repo::new(tmp.path().join("repo"));
-    let first = repo.json(&["snapshot", "create", pg.to_str().expect("utf-8")]);
+    let first = repo.backup(&pg);
     datasets(&["pgchurn", pg.to_str().expect("utf-8"), "4"]);
     let sum = pg_query(&pg, "SELECT sum(abalance) FROM pgbench_accounts");
     assert_ne!(sum, "0", "churn changed balances");
-    let second = repo.json(&["snapshot", "create", pg.to_str().expect("utf-8")]);
+    let second = repo.backup(&pg);
     let s = &second["snapshot"]["summary"];
     assert_eq!(second["snapshot"]["parent"], first["id"]);
     assert!(s["files_changed"].as_u64().expect("changed") > 0);
@@ -207,12 +215,7 @@ fn postgres_starts_on_a_restored_incremental_backup_with_the_same_data() {
         "the incremental stores less than the first backup"
     );
     let restored = tmp.path().join("restored");
-    repo.json(&[
-        "snapshot",
-        "restore",
-        "latest",
-        restored.to_str().expect("utf-8"),
-    ]);
+    repo.restore_latest(&restored);
     assert_eq!(
         pg_query(&restored, "SELECT sum(abalance) FROM pgbench_accounts"),
         sum
