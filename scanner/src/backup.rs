@@ -1,32 +1,37 @@
-//! Backup: walk, reuse unchanged files, chunk and store changed ones, assemble trees.
+//! Backup: walk, reuse unchanged files, chunk and store changed ones, write trees.
 //!
-//! Three kinds of thread cooperate, joined by bounded channels so memory stays flat:
-//! - the walker (the caller's thread) reads directories in sorted, depth-first order with
-//!   `ignore`'s walker (every filter off), compares each file with the parent snapshot, and
-//!   queues changed files;
-//! - workers open, map or read, and chunk those files; the chunks of a large file are
-//!   hashed, compressed and sealed in parallel on a rayon pool of the same size;
-//! - the assembler receives each finished directory in post-order, waits for its files,
-//!   and writes its tree.
+//! The walk is parallel and made of units of work on one last-in first-out stack shared by
+//! the scan threads (one per core):
+//! - a directory unit lists one directory with `ignore` (every filter off, one level, names
+//!   in byte order, symlinks never followed), compares each entry with the same directory
+//!   of the parent snapshot (loaded only now, one tree at a time), settles unchanged files
+//!   and special files at once, groups changed small files into batches and pushes them,
+//!   each large file and each subdirectory as units of their own;
+//! - a file unit reads its files (large ones through a guarded memory map, in windows) and
+//!   chunks, hashes, compresses and seals them; the chunks of a large file go to a rayon
+//!   pool so one big file still keeps every core busy.
 //!
-//! The walk order is fixed, so a backup with one thread and one with many produce the same
-//! trees. The walk itself is sequential because a tree can only be written once its
-//! directory is complete, which a parallel walk cannot tell without holding every entry of
-//! the source in memory; the (parallel) `ignore` walker only feeds the progress totals.
+//! Every entry owns a slot of its directory, in name order. Whoever finishes the last
+//! entry of a directory writes its tree and finishes the entry in the directory above, so
+//! trees are written as soon as they are complete and no thread ever waits for another.
+//! The trees depend only on the source, not on which thread did what: one thread and many
+//! produce the same snapshot. The stack is taken depth first, so the directories in flight
+//! stay about as many as the tree is deep times the threads, whatever the source's size.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use podvault_store::{
     BlobId, BlobKind, Node, NodeKind, Repository, SaveOutcome, Snapshot, SnapshotId, Summary, Tree,
+    TreeId,
 };
 use rayon::prelude::*;
 
@@ -37,6 +42,10 @@ use crate::progress::Progress;
 
 /// Bytes of a mapped file handed to the chunk workers at a time (then released).
 const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// Changed small files are grouped into units of work of at most this many bytes; a file
+/// this large is a unit of its own.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A callback given a file's path.
 pub type FileHook = Arc<dyn Fn(&Path) + Send + Sync>;
@@ -66,9 +75,9 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Worker threads (0: one per core).
     pub threads: usize,
-    /// Files queued ahead of the workers; with the window size and the pack size this
-    /// bounds memory.
-    pub queue_files: usize,
+    /// Small changed files read and stored as one unit of work (larger files are a unit
+    /// each).
+    pub batch_files: usize,
     /// Files at least this large are read through a memory map, smaller ones with plain
     /// reads (`u64::MAX`: never map).
     pub mmap_min_bytes: u64,
@@ -88,7 +97,7 @@ impl BackupOptions {
             host: podvault_store::this_host(),
             parent: ParentChoice::Latest,
             threads: 0,
-            queue_files: 64,
+            batch_files: 64,
             mmap_min_bytes: crate::MMAP_MIN_BYTES,
             progress: None,
             after_map: None,
@@ -217,39 +226,363 @@ impl Ctx<'_> {
     }
 }
 
-enum Slot {
-    Ready(Box<Node>),
-    Pending(Receiver<Option<Node>>),
+/// Where a finished node goes: a slot of its directory, or the snapshot's root.
+#[derive(Clone)]
+struct Dest {
+    dir: Option<Arc<DirState>>,
+    slot: usize,
 }
 
-struct Frame {
-    depth: usize,
+/// A directory whose entries are still being read or stored.
+struct DirState {
+    node: Mutex<Option<Node>>,
+    /// One slot per entry, in name order; `None` until the entry is done (or if it was
+    /// left out).
+    slots: Mutex<Vec<Option<Node>>>,
+    /// Entries not done yet, plus one while the directory is being listed.
+    remaining: AtomicUsize,
+    to: Dest,
+}
+
+/// A changed file to read and store.
+struct FileTask {
+    path: PathBuf,
     node: Node,
-    children: Vec<Slot>,
-    /// The same directory in the parent snapshot.
-    old: Option<Tree>,
+    to: Dest,
 }
 
-impl Frame {
-    fn old_node(&self, name: &[u8]) -> Option<&Node> {
-        let old = self.old.as_ref()?;
-        old.nodes
-            .binary_search_by(|n| n.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &old.nodes[i])
+/// A directory to list.
+struct DirUnit {
+    path: PathBuf,
+    node: Node,
+    old_tree: Option<TreeId>,
+    /// `false` for a mount point: recorded, not entered.
+    descend: bool,
+    to: Dest,
+}
+
+/// One unit of scan work.
+enum Work {
+    /// List a directory, compare it with its parent-snapshot tree, queue what changed.
+    Dir(Box<DirUnit>),
+    /// Read and store a few small files, or one large one.
+    Files(Vec<FileTask>),
+}
+
+/// The work of one backup: a last-in first-out stack shared by the scan threads, so the
+/// walk goes depth first and the directories open at once stay few.
+struct Scheduler {
+    stack: Mutex<Vec<Work>>,
+    wake: Condvar,
+    done: AtomicBool,
+    root: Mutex<Option<Node>>,
+}
+
+impl Scheduler {
+    fn push(&self, work: impl IntoIterator<Item = Work>) {
+        let mut stack = self.stack.lock();
+        let before = stack.len();
+        stack.extend(work);
+        let added = stack.len() - before;
+        drop(stack);
+        for _ in 0..added {
+            self.wake.notify_one();
+        }
+    }
+
+    fn pop(&self) -> Option<Work> {
+        let mut stack = self.stack.lock();
+        loop {
+            if let Some(w) = stack.pop() {
+                return Some(w);
+            }
+            if self.done.load(Ordering::Acquire) {
+                return None;
+            }
+            self.wake.wait(&mut stack);
+        }
+    }
+
+    fn finish(&self, root: Option<Node>) {
+        *self.root.lock() = root;
+        let _guard = self.stack.lock();
+        self.done.store(true, Ordering::Release);
+        self.wake.notify_all();
     }
 }
 
-struct FileJob {
-    path: PathBuf,
-    node: Node,
-    reply: Sender<Option<Node>>,
+/// What each scan thread keeps between units.
+#[derive(Default)]
+struct Local {
+    names: Names,
+    buf: Vec<u8>,
 }
 
-struct DirJob {
-    node: Node,
-    children: Vec<Slot>,
-    reply: Sender<Option<Node>>,
+/// The scan threads: each takes units off the stack until the root directory is done.
+struct Scan<'c, 'r> {
+    ctx: &'c Ctx<'r>,
+    sched: Scheduler,
+    root_dev: u64,
+    batch_files: usize,
+}
+
+impl Scan<'_, '_> {
+    fn run(&self) {
+        let mut local = Local::default();
+        while let Some(work) = self.sched.pop() {
+            match work {
+                Work::Dir(unit) => self.dir(*unit),
+                Work::Files(tasks) => {
+                    for task in tasks {
+                        let node = self.file(&task.path, task.node, &mut local);
+                        self.deliver(task.to, node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a finished entry to its directory; the entry that completes a directory
+    /// writes its tree and passes the directory on, up to the root.
+    fn deliver(&self, mut to: Dest, mut node: Option<Node>) {
+        loop {
+            let Some(dir) = to.dir else {
+                self.sched.finish(node);
+                return;
+            };
+            dir.slots.lock()[to.slot] = node;
+            if dir.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            node = self.write_tree(&dir);
+            to = dir.to.clone();
+        }
+    }
+
+    fn write_tree(&self, dir: &DirState) -> Option<Node> {
+        let mut node = dir.node.lock().take()?;
+        let nodes: Vec<Node> = std::mem::take(&mut *dir.slots.lock())
+            .into_iter()
+            .flatten()
+            .collect();
+        if self.ctx.failed() {
+            return None;
+        }
+        match self.ctx.repo.save_tree(&Tree { nodes }) {
+            Ok((id, _)) => {
+                node.subtree = Some(id);
+                Some(node)
+            }
+            Err(e) => {
+                self.ctx.fail(e);
+                None
+            }
+        }
+    }
+
+    /// Lists one directory: unchanged files and special files are settled here, changed
+    /// files are batched, subdirectories become units of their own.
+    fn dir(&self, unit: DirUnit) {
+        let DirUnit {
+            path,
+            node,
+            old_tree,
+            descend,
+            to,
+        } = unit;
+        let path = path.as_path();
+        let ctx = self.ctx;
+        if ctx.failed() {
+            return self.deliver(to, None);
+        }
+        add(&ctx.stats.dirs, 1);
+        let old = match old_tree.map(|t| ctx.repo.load_tree(&t)) {
+            Some(Ok(tree)) => Some(tree),
+            Some(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "parent tree unreadable; reading the directory in full");
+                None
+            }
+            None => None,
+        };
+        let entries = if descend { self.list(path) } else { Vec::new() };
+        let state = Arc::new(DirState {
+            node: Mutex::new(Some(node)),
+            slots: Mutex::new(Vec::new()),
+            remaining: AtomicUsize::new(1),
+            to,
+        });
+        let mut names = Names::default();
+        let mut slots: Vec<Option<Node>> = Vec::with_capacity(entries.len());
+        let mut work = Vec::new();
+        let mut batch: Vec<FileTask> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut pending = 0usize;
+        for (child, md) in entries {
+            let Some(kind) = meta::kind_of(&md) else {
+                ctx.skip(&child, "unsupported file type");
+                continue;
+            };
+            let name = meta::file_name_bytes(&child);
+            let mut node = meta::node_from_metadata(name, &md, kind);
+            let old_node = old.as_ref().and_then(|t| {
+                t.nodes
+                    .binary_search_by(|n| n.name.as_slice().cmp(name))
+                    .ok()
+                    .map(|i| &t.nodes[i])
+            });
+            let dest = Dest {
+                dir: Some(state.clone()),
+                slot: slots.len(),
+            };
+            match kind {
+                NodeKind::Dir => {
+                    if let Err(e) = meta::complete_node(&mut node, &child, &mut names) {
+                        ctx.skip(&child, e);
+                        continue;
+                    }
+                    let descend = md.dev() == self.root_dev;
+                    if !descend {
+                        tracing::info!(path = %child.display(), "mount point: recorded empty, not entered");
+                    }
+                    work.push(Work::Dir(Box::new(DirUnit {
+                        path: child,
+                        node,
+                        old_tree: old_node
+                            .filter(|o| o.kind == NodeKind::Dir)
+                            .and_then(|o| o.subtree),
+                        descend,
+                        to: dest,
+                    })));
+                    slots.push(None);
+                    pending += 1;
+                }
+                NodeKind::File => {
+                    add(&ctx.stats.files, 1);
+                    add(&ctx.stats.bytes_total, node.size);
+                    match old_node {
+                        Some(old)
+                            if unchanged(old, &node)
+                                && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
+                        {
+                            node.content = old.content.clone();
+                            node.xattrs = old.xattrs.clone();
+                            node.user = old.user.clone();
+                            node.group = old.group.clone();
+                            add(&ctx.stats.files_unmodified, 1);
+                            ctx.progress(1, node.size);
+                            slots.push(Some(node));
+                        }
+                        old => {
+                            add(
+                                if old.is_some() {
+                                    &ctx.stats.files_changed
+                                } else {
+                                    &ctx.stats.files_new
+                                },
+                                1,
+                            );
+                            let size = node.size;
+                            let task = FileTask {
+                                path: child,
+                                node,
+                                to: dest,
+                            };
+                            if size >= ctx.mmap_min_bytes.min(BATCH_BYTES) {
+                                work.push(Work::Files(vec![task]));
+                            } else {
+                                batch.push(task);
+                                batch_bytes += size;
+                                if batch.len() >= self.batch_files || batch_bytes >= BATCH_BYTES {
+                                    work.push(Work::Files(std::mem::take(&mut batch)));
+                                    batch_bytes = 0;
+                                }
+                            }
+                            slots.push(None);
+                            pending += 1;
+                        }
+                    }
+                }
+                _ => {
+                    if let Err(e) = meta::complete_node(&mut node, &child, &mut names) {
+                        ctx.skip(&child, e);
+                        continue;
+                    }
+                    add(&ctx.stats.others, 1);
+                    slots.push(Some(node));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            work.push(Work::Files(batch));
+        }
+        *state.slots.lock() = slots;
+        state.remaining.fetch_add(pending, Ordering::AcqRel);
+        // Last in, first out: push in reverse so the first entries are taken first.
+        work.reverse();
+        self.sched.push(work);
+        // Release the listing's hold; this completes the directory if nothing is pending.
+        self.deliver_listing_done(state);
+    }
+
+    fn deliver_listing_done(&self, state: Arc<DirState>) {
+        if state.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let node = self.write_tree(&state);
+            self.deliver(state.to.clone(), node);
+        }
+    }
+
+    /// The entries of a directory in name order with their `lstat` data, read with
+    /// `ignore` (every filter off, one level). Unreadable entries are reported.
+    fn list(&self, path: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let walker = ignore::WalkBuilder::new(path)
+            .standard_filters(false)
+            .hidden(false)
+            .parents(false)
+            .follow_links(false)
+            .max_depth(Some(1))
+            .sort_by_file_name(|a, b| a.as_bytes().cmp(b.as_bytes()))
+            .build();
+        let mut out = Vec::new();
+        for entry in walker {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    self.ctx.skip(path, e);
+                    continue;
+                }
+            };
+            if entry.depth() == 0 {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(md) => out.push((entry.into_path(), md)),
+                Err(e) => self.ctx.skip(entry.path(), e),
+            }
+        }
+        out
+    }
+
+    /// Reads and stores one changed file; `None` if it was left out.
+    fn file(&self, path: &Path, mut node: Node, local: &mut Local) -> Option<Node> {
+        let ctx = self.ctx;
+        if ctx.failed() {
+            return None;
+        }
+        let result = meta::complete_node(&mut node, path, &mut local.names)
+            .map_err(FileError::Io)
+            .and_then(|()| read_file(ctx, path, &mut node, &mut local.buf));
+        match result {
+            Ok(()) => Some(node),
+            Err(FileError::Store(e)) => {
+                ctx.fail(e);
+                None
+            }
+            Err(FileError::Io(e)) => {
+                ctx.skip(path, e);
+                None
+            }
+        }
+    }
 }
 
 /// Backs up `options.source` and writes a snapshot. Files that cannot be read are listed in
@@ -305,35 +638,42 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         spawn_prescan(source.clone(), p.clone());
     }
 
-    let root = std::thread::scope(|s| -> Result<Option<Node>> {
-        let (job_tx, job_rx) = bounded::<FileJob>(options.queue_files.max(1));
-        let (dir_tx, dir_rx) = bounded::<DirJob>(options.queue_files.max(1));
+    let mut root_node = meta::node_from_metadata(b"", &meta, NodeKind::Dir);
+    if let Err(e) = meta::complete_node(&mut root_node, &source, &mut Names::default()) {
+        ctx.skip(&source, e);
+    }
+    let scan = Scan {
+        ctx: &ctx,
+        sched: Scheduler {
+            stack: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            done: AtomicBool::new(false),
+            root: Mutex::new(None),
+        },
+        root_dev: meta.dev(),
+        batch_files: options.batch_files.max(1),
+    };
+    scan.sched.push([Work::Dir(Box::new(DirUnit {
+        path: source.clone(),
+        node: root_node,
+        old_tree: parent.as_ref().map(|(_, snap)| snap.tree),
+        descend: true,
+        to: Dest { dir: None, slot: 0 },
+    }))]);
+    std::thread::scope(|s| -> Result<()> {
         for i in 0..threads {
-            let rx = job_rx.clone();
-            let ctx = &ctx;
+            let scan = &scan;
             std::thread::Builder::new()
-                .name(format!("podvault-file-{i}"))
-                .spawn_scoped(s, move || worker(ctx, rx))
+                .name(format!("podvault-scan-{i}"))
+                .spawn_scoped(s, move || scan.run())
                 .map_err(|e| Error::Source {
                     path: source.clone(),
                     reason: format!("cannot start threads: {e}"),
                 })?;
         }
-        drop(job_rx);
-        let assembler = {
-            let ctx = &ctx;
-            s.spawn(move || assemble(ctx, dir_rx))
-        };
-        let old_root = match &parent {
-            Some((_, snap)) => Some(repo.load_tree(&snap.tree)?),
-            None => None,
-        };
-        let root_rx = walk(&ctx, &source, old_root, &job_tx, &dir_tx);
-        drop(job_tx);
-        drop(dir_tx);
-        let _ = assembler.join();
-        Ok(root_rx.and_then(|rx| rx.recv().ok().flatten()))
+        Ok(())
     })?;
+    let root = scan.sched.root.lock().take();
     if let Some(e) = ctx.fatal.lock().take() {
         return Err(e.into());
     }
@@ -413,165 +753,6 @@ fn spawn_prescan(source: PathBuf, progress: Arc<Progress>) {
         });
 }
 
-/// The walker: returns the receiver of the root directory's node.
-fn walk(
-    ctx: &Ctx<'_>,
-    source: &Path,
-    old_root: Option<Tree>,
-    job_tx: &Sender<FileJob>,
-    dir_tx: &Sender<DirJob>,
-) -> Option<Receiver<Option<Node>>> {
-    let walker = ignore::WalkBuilder::new(source)
-        .standard_filters(false)
-        .hidden(false)
-        .parents(false)
-        .follow_links(false)
-        .same_file_system(true)
-        .sort_by_file_name(|a, b| a.as_bytes().cmp(b.as_bytes()))
-        .build();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut root_rx = None;
-    let mut old_root = old_root;
-    let mut names = Names::default();
-
-    let close = |stack: &mut Vec<Frame>, root_rx: &mut Option<Receiver<Option<Node>>>| {
-        let Some(frame) = stack.pop() else { return };
-        let (tx, rx) = bounded(1);
-        match stack.last_mut() {
-            Some(parent) => parent.children.push(Slot::Pending(rx)),
-            None => *root_rx = Some(rx),
-        }
-        let _ = dir_tx.send(DirJob {
-            node: frame.node,
-            children: frame.children,
-            reply: tx,
-        });
-    };
-
-    for entry in walker {
-        if ctx.failed() {
-            break;
-        }
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                ctx.skip(source, e);
-                continue;
-            }
-        };
-        let depth = entry.depth();
-        while stack.last().is_some_and(|f| f.depth >= depth) {
-            close(&mut stack, &mut root_rx);
-        }
-        let path = entry.path().to_path_buf();
-        let md = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                ctx.skip(&path, e);
-                continue;
-            }
-        };
-        let Some(kind) = meta::kind_of(&md) else {
-            ctx.skip(&path, "unsupported file type");
-            continue;
-        };
-        let name: &[u8] = if depth == 0 {
-            b""
-        } else {
-            meta::file_name_bytes(&path)
-        };
-        let mut node = meta::node_from_metadata(name, &md, kind);
-        if depth == 0 {
-            if let Err(e) = meta::complete_node(&mut node, &path, &mut names) {
-                ctx.skip(&path, e);
-            }
-            add(&ctx.stats.dirs, 1);
-            stack.push(Frame {
-                depth,
-                node,
-                children: Vec::new(),
-                old: old_root.take(),
-            });
-            continue;
-        }
-        let Some(parent) = stack.last_mut() else {
-            continue;
-        };
-        let old = parent.old_node(name).cloned();
-        match kind {
-            NodeKind::Dir => {
-                if let Err(e) = meta::complete_node(&mut node, &path, &mut names) {
-                    ctx.skip(&path, e);
-                    continue;
-                }
-                add(&ctx.stats.dirs, 1);
-                let old_tree = old
-                    .filter(|o| o.kind == NodeKind::Dir)
-                    .and_then(|o| o.subtree)
-                    .and_then(|t| ctx.repo.load_tree(&t).ok());
-                stack.push(Frame {
-                    depth,
-                    node,
-                    children: Vec::new(),
-                    old: old_tree,
-                });
-            }
-            NodeKind::File => {
-                add(&ctx.stats.files, 1);
-                add(&ctx.stats.bytes_total, node.size);
-                match old {
-                    Some(old)
-                        if unchanged(&old, &node)
-                            && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
-                    {
-                        node.content = old.content;
-                        node.xattrs = old.xattrs;
-                        node.user = old.user;
-                        node.group = old.group;
-                        add(&ctx.stats.files_unmodified, 1);
-                        ctx.progress(1, node.size);
-                        parent.children.push(Slot::Ready(Box::new(node)));
-                    }
-                    old => {
-                        add(
-                            if old.is_some() {
-                                &ctx.stats.files_changed
-                            } else {
-                                &ctx.stats.files_new
-                            },
-                            1,
-                        );
-                        let (tx, rx) = bounded(1);
-                        parent.children.push(Slot::Pending(rx));
-                        if job_tx
-                            .send(FileJob {
-                                path,
-                                node,
-                                reply: tx,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => {
-                if let Err(e) = meta::complete_node(&mut node, &path, &mut names) {
-                    ctx.skip(&path, e);
-                    continue;
-                }
-                add(&ctx.stats.others, 1);
-                parent.children.push(Slot::Ready(Box::new(node)));
-            }
-        }
-    }
-    while !stack.is_empty() {
-        close(&mut stack, &mut root_rx);
-    }
-    root_rx
-}
-
 /// Whether a file can be taken from the parent snapshot without reading it.
 fn unchanged(old: &Node, new: &Node) -> bool {
     old.kind == NodeKind::File
@@ -584,38 +765,6 @@ fn unchanged(old: &Node, new: &Node) -> bool {
         && old.mode == new.mode
         && old.uid == new.uid
         && old.gid == new.gid
-}
-
-fn worker(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) {
-    let mut names = Names::default();
-    let mut buf = Vec::new();
-    for job in jobs {
-        if ctx.failed() {
-            let _ = job.reply.send(None);
-            continue;
-        }
-        let FileJob {
-            path,
-            mut node,
-            reply,
-        } = job;
-        let result = meta::complete_node(&mut node, &path, &mut names)
-            .map_err(FileError::Io)
-            .and_then(|()| read_file(ctx, &path, &mut node, &mut buf));
-        match result {
-            Ok(()) => {
-                let _ = reply.send(Some(node));
-            }
-            Err(FileError::Store(e)) => {
-                ctx.fail(e);
-                let _ = reply.send(None);
-            }
-            Err(FileError::Io(e)) => {
-                ctx.skip(&path, e);
-                let _ = reply.send(None);
-            }
-        }
-    }
 }
 
 enum FileError {
@@ -736,42 +885,6 @@ fn read_streaming(
         buf.drain(..done);
         if ctx.failed() {
             return Ok(total);
-        }
-    }
-}
-
-fn assemble(ctx: &Ctx<'_>, dirs: Receiver<DirJob>) {
-    for DirJob {
-        mut node,
-        children,
-        reply,
-    } in dirs
-    {
-        let mut nodes = Vec::with_capacity(children.len());
-        for slot in children {
-            match slot {
-                Slot::Ready(n) => nodes.push(*n),
-                Slot::Pending(rx) => {
-                    if let Ok(Some(n)) = rx.recv() {
-                        nodes.push(n);
-                    }
-                }
-            }
-        }
-        if ctx.failed() {
-            let _ = reply.send(None);
-            continue;
-        }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        match ctx.repo.save_tree(&Tree { nodes }) {
-            Ok((id, _)) => {
-                node.subtree = Some(id);
-                let _ = reply.send(Some(node));
-            }
-            Err(e) => {
-                ctx.fail(e);
-                let _ = reply.send(None);
-            }
         }
     }
 }

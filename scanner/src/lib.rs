@@ -1,9 +1,10 @@
 //! The podvault pipeline: back up a directory into a [`Repository`] and restore it.
 //!
-//! The backup walks the source in a fixed order (sorted, depth first, never following
-//! symlinks, staying on one file system), reuses unchanged files from the parent snapshot
-//! without reading them, and hands changed files to worker threads that chunk, hash,
-//! compress and seal on all cores. Memory is bounded by the options, not by the input.
+//! The backup walks the source in parallel (one directory per unit of work, never following
+//! symlinks, recording mount points without entering them), reuses unchanged files from the
+//! parent snapshot without reading them, and chunks, hashes, compresses and seals changed
+//! files on all cores. The snapshot depends only on the source, not on the thread count.
+//! Memory is bounded by the options, not by the input.
 //!
 //! ```no_run
 //! use std::sync::Arc;

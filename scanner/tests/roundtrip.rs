@@ -667,6 +667,15 @@ fn restore_into_a_non_empty_directory_needs_overwrite_and_never_follows_links() 
     );
 }
 
+/// Mounts a tmpfs on `dir`; false where that is not allowed (not root).
+fn mount_tmpfs(dir: &Path, options: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[test]
 fn a_full_disk_during_restore_is_a_clear_error() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -677,12 +686,7 @@ fn a_full_disk_during_restore_is_a_clear_error() {
     let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
     let small = tmp.path().join("small-disk");
     fs::create_dir(&small).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    if !mount_tmpfs(&small, "size=1m") {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
     }
@@ -696,4 +700,40 @@ fn a_full_disk_during_restore_is_a_clear_error() {
     let text = format!("{err}");
     assert!(text.contains("big"), "{text}");
     assert!(text.to_lowercase().contains("no space"), "{text}");
+}
+
+#[test]
+fn a_mount_point_is_recorded_empty_and_not_entered() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    let mnt = src.join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    fs::write(src.join("kept"), b"on the source's file system").expect("write");
+    if !mount_tmpfs(&mnt, "size=1m,mode=0750") {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let written = fs::write(mnt.join("other-fs"), b"another file system");
+    let repo = new_repo(tmp.path());
+    let result = backup(&repo, &BackupOptions::new(&src));
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    written.expect("write on the tmpfs");
+    let report = result.expect("backup");
+    assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
+    let root = repo.load_tree(&report.snapshot.tree).expect("root tree");
+    let names: Vec<&[u8]> = root.nodes.iter().map(|n| n.name.as_slice()).collect();
+    assert_eq!(names, [b"kept".as_slice(), b"mnt"]);
+    let mount_node = &root.nodes[1];
+    assert_eq!(mount_node.kind, NodeKind::Dir);
+    assert_eq!(
+        mount_node.mode, 0o750,
+        "the mount point's own metadata is kept"
+    );
+    let inside = repo
+        .load_tree(&mount_node.subtree.expect("subtree"))
+        .expect("mount tree");
+    assert!(
+        inside.nodes.is_empty(),
+        "another file system is not entered"
+    );
 }
