@@ -153,6 +153,7 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             let mut options = BackupOptions::new(&args.dir);
             options.tags = args.tags;
             options.threads = args.threads;
+            options.full_hash = args.full_hash;
             if let Some(h) = args.host {
                 options.host = h;
             }

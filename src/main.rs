@@ -130,6 +130,10 @@ pub struct CreateArgs {
     /// Read every file, comparing with no earlier snapshot.
     #[arg(long)]
     no_parent: bool,
+    /// Cut and hash changed files in full: do not take the chunks of a large file's
+    /// previous version that a keyed fingerprint finds still in place.
+    #[arg(long)]
+    full_hash: bool,
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,

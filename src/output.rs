@@ -38,8 +38,9 @@ pub fn created(report: &BackupReport) {
         s.duration_ms as f64 / 1000.0
     );
     println!(
-        "read {}, new data {} stored as {}",
+        "read {} ({} of it found unchanged by fingerprint), new data {} stored as {}",
         bytes(s.bytes_read),
+        bytes(s.bytes_fast),
         bytes(s.bytes_new),
         bytes(s.bytes_stored)
     );
@@ -93,7 +94,11 @@ pub fn show(id: &SnapshotId, s: &Snapshot) {
     );
     println!("dirs       {}   other {}", m.dirs, m.others);
     println!("bytes      {}", bytes(m.bytes_total));
-    println!("read       {}", bytes(m.bytes_read));
+    println!(
+        "read       {} ({} found unchanged by fingerprint)",
+        bytes(m.bytes_read),
+        bytes(m.bytes_fast)
+    );
     println!(
         "new bytes  {} (stored as {})",
         bytes(m.bytes_new),

@@ -18,6 +18,7 @@
 //! produce the same snapshot. The stack is taken depth first, so the directories in flight
 //! stay about as many as the tree is deep times the threads, whatever the source's size.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -30,12 +31,13 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use podvault_store::{
-    BlobId, BlobKind, Node, NodeKind, Repository, SaveOutcome, Snapshot, SnapshotId, Summary, Tree,
-    TreeId,
+    BlobId, BlobKind, ChunkPrint, Node, NodeKind, Repository, SaveOutcome, Snapshot, SnapshotId,
+    Summary, Tree, TreeId,
 };
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::fastpath::{self, Chunking, Cursor, OldChunks, Piece};
 use crate::mapped::GuardedMap;
 use crate::meta::{self, Names};
 use crate::progress::Progress;
@@ -81,6 +83,9 @@ pub struct BackupOptions {
     /// Files at least this large are read through a memory map, smaller ones with plain
     /// reads (`u64::MAX`: never map).
     pub mmap_min_bytes: u64,
+    /// Cut and hash every changed file in full instead of taking the chunks of a large
+    /// file's previous version that are still in place (the fast path).
+    pub full_hash: bool,
     /// Live counters to update, if someone displays them.
     pub progress: Option<Arc<Progress>>,
     /// Called with each file's path right after it is mapped and before it is read.
@@ -99,6 +104,7 @@ impl BackupOptions {
             threads: 0,
             batch_files: 64,
             mmap_min_bytes: crate::MMAP_MIN_BYTES,
+            full_hash: false,
             progress: None,
             after_map: None,
         }
@@ -135,6 +141,7 @@ struct Stats {
     others: AtomicU64,
     bytes_total: AtomicU64,
     bytes_read: AtomicU64,
+    bytes_fast: AtomicU64,
     bytes_new: AtomicU64,
     bytes_stored: AtomicU64,
     blobs_new: AtomicU64,
@@ -155,6 +162,10 @@ struct Ctx<'a> {
     progress: Option<Arc<Progress>>,
     after_map: Option<FileHook>,
     mmap_min_bytes: u64,
+    /// Whether changed files may take the fast path.
+    fast_path: bool,
+    /// Ids of the all-zero chunks stored so far, by length.
+    zero_ids: Mutex<HashMap<usize, BlobId>>,
 }
 
 impl Ctx<'_> {
@@ -182,48 +193,129 @@ impl Ctx<'_> {
         }
     }
 
-    /// Stores one chunk and returns its id.
+    /// Stores one chunk and returns its id. All-zero chunks (holes, preallocated space)
+    /// skip hashing and compression after the first one of their length.
     fn store_chunk(&self, data: &[u8]) -> podvault_store::Result<BlobId> {
+        let zero = is_zero(data);
+        if zero
+            && let Some(id) = self.zero_ids.lock().get(&data.len())
+            && self.repo.has_blob(id)
+        {
+            return Ok(*id);
+        }
         let id = self.repo.blob_id(data);
         if let SaveOutcome::New { stored_bytes } = self.repo.save_blob(BlobKind::Data, id, data)? {
             add(&self.stats.bytes_new, data.len() as u64);
             add(&self.stats.bytes_stored, stored_bytes);
             add(&self.stats.blobs_new, 1);
         }
+        if zero {
+            self.zero_ids.lock().insert(data.len(), id);
+        }
         Ok(id)
     }
 
-    /// Chunks `data[..]` from `start` up to at least `end` and stores the chunks in parallel;
+    /// Stores the pieces not known yet (in parallel when there are several) and appends
+    /// every piece to the node's content, and to its prints if `prints`.
+    fn store_pieces(
+        &self,
+        data: &[u8],
+        pieces: &[Piece],
+        node: &mut Node,
+        prints: bool,
+    ) -> podvault_store::Result<()> {
+        let store = |p: &Piece| match p.known {
+            Some(id) => Ok(id),
+            None => self.store_chunk(&data[p.offset..p.offset + p.len]),
+        };
+        let new = pieces.iter().filter(|p| p.known.is_none()).count();
+        let ids: Vec<podvault_store::Result<BlobId>> = if new > 1 {
+            self.pool.install(|| pieces.par_iter().map(store).collect())
+        } else {
+            pieces.iter().map(store).collect()
+        };
+        for (piece, id) in pieces.iter().zip(ids) {
+            node.content.push(id?);
+            if prints {
+                ChunkPrint {
+                    len: piece.len as u32,
+                    hash: piece.print,
+                }
+                .push_to(&mut node.prints);
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks `data[..]` from `start` up to at least `end` and stores the chunks;
     /// returns where the last chunk ended.
     fn store_range(
         &self,
         data: &[u8],
-        start: usize,
-        end: usize,
-        content: &mut Vec<BlobId>,
+        (start, end): (usize, usize),
+        node: &mut Node,
+        prints: bool,
     ) -> podvault_store::Result<usize> {
-        let chunker = self.repo.chunker();
-        let mut cuts = Vec::new();
+        let mut pieces = Vec::new();
         let mut p = start;
         while p < end {
-            let n = chunker.cut(&data[p..]);
-            cuts.push((p, n));
-            p += n;
-        }
-        if cuts.len() == 1 {
-            content.push(self.store_chunk(&data[start..p])?);
-        } else {
-            let ids: Vec<podvault_store::Result<BlobId>> = self.pool.install(|| {
-                cuts.par_iter()
-                    .map(|&(o, n)| self.store_chunk(&data[o..o + n]))
-                    .collect()
+            let len = self.cut(&data[p..]);
+            pieces.push(Piece {
+                offset: p,
+                len,
+                print: if prints {
+                    self.print(&data[p..p + len])
+                } else {
+                    0
+                },
+                known: None,
             });
-            for id in ids {
-                content.push(id?);
-            }
+            p += len;
         }
+        self.store_pieces(data, &pieces, node, prints)?;
         Ok(p)
     }
+
+    /// Like [`Ctx::store_range`], but takes the chunks of the file's previous version
+    /// that are still in place without cutting or hashing them (see [`fastpath`]).
+    fn store_range_fast(
+        &self,
+        data: &[u8],
+        range: (usize, usize),
+        old: &OldChunks,
+        cursor: &mut Cursor,
+        node: &mut Node,
+    ) -> podvault_store::Result<usize> {
+        let (pieces, next) = fastpath::plan(self, data, range, old, cursor);
+        let known: usize = pieces
+            .iter()
+            .filter(|p| p.known.is_some())
+            .map(|p| p.len)
+            .sum();
+        add(&self.stats.bytes_fast, known as u64);
+        self.store_pieces(data, &pieces, node, true)?;
+        Ok(next)
+    }
+}
+
+impl Chunking for Ctx<'_> {
+    fn cut(&self, data: &[u8]) -> usize {
+        self.repo.chunker().cut(data)
+    }
+
+    fn print(&self, data: &[u8]) -> u128 {
+        self.repo.fast_hasher().hash(data)
+    }
+
+    fn has(&self, id: &BlobId) -> bool {
+        self.repo.has_blob(id)
+    }
+}
+
+/// Whether every byte is zero (checked in blocks the compiler vectorises).
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Where a finished node goes: a slot of its directory, or the snapshot's root.
@@ -248,6 +340,8 @@ struct DirState {
 struct FileTask {
     path: PathBuf,
     node: Node,
+    /// The chunks of the file's previous version, for the fast path.
+    old: Option<OldChunks>,
     to: Dest,
 }
 
@@ -334,7 +428,7 @@ impl Scan<'_, '_> {
                 Work::Dir(unit) => self.dir(*unit),
                 Work::Files(tasks) => {
                     for task in tasks {
-                        let node = self.file(&task.path, task.node, &mut local);
+                        let node = self.file(&task.path, task.node, task.old, &mut local);
                         self.deliver(task.to, node);
                     }
                 }
@@ -465,6 +559,7 @@ impl Scan<'_, '_> {
                                 && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
                         {
                             node.content = old.content.clone();
+                            node.prints = old.prints.clone();
                             node.xattrs = old.xattrs.clone();
                             node.user = old.user.clone();
                             node.group = old.group.clone();
@@ -482,9 +577,13 @@ impl Scan<'_, '_> {
                                 1,
                             );
                             let size = node.size;
+                            let old = old
+                                .filter(|_| ctx.fast_path && size >= ctx.mmap_min_bytes)
+                                .and_then(OldChunks::of);
                             let task = FileTask {
                                 path: child,
                                 node,
+                                old,
                                 to: dest,
                             };
                             if size >= ctx.mmap_min_bytes.min(BATCH_BYTES) {
@@ -563,14 +662,20 @@ impl Scan<'_, '_> {
     }
 
     /// Reads and stores one changed file; `None` if it was left out.
-    fn file(&self, path: &Path, mut node: Node, local: &mut Local) -> Option<Node> {
+    fn file(
+        &self,
+        path: &Path,
+        mut node: Node,
+        old: Option<OldChunks>,
+        local: &mut Local,
+    ) -> Option<Node> {
         let ctx = self.ctx;
         if ctx.failed() {
             return None;
         }
         let result = meta::complete_node(&mut node, path, &mut local.names)
             .map_err(FileError::Io)
-            .and_then(|()| read_file(ctx, path, &mut node, &mut local.buf));
+            .and_then(|()| read_file(ctx, path, &mut node, old.as_ref(), &mut local.buf));
         match result {
             Ok(()) => Some(node),
             Err(FileError::Store(e)) => {
@@ -633,6 +738,8 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         progress: options.progress.clone(),
         after_map: options.after_map.clone(),
         mmap_min_bytes: options.mmap_min_bytes,
+        fast_path: !options.full_hash,
+        zero_ids: Mutex::new(HashMap::new()),
     };
     if let Some(p) = &options.progress {
         spawn_prescan(source.clone(), p.clone());
@@ -697,6 +804,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         others: get(&st.others),
         bytes_total: get(&st.bytes_total),
         bytes_read: get(&st.bytes_read),
+        bytes_fast: get(&st.bytes_fast),
         bytes_new: get(&st.bytes_new),
         bytes_stored: get(&st.bytes_stored),
         blobs_new: get(&st.blobs_new),
@@ -799,10 +907,12 @@ fn read_file(
     ctx: &Ctx<'_>,
     path: &Path,
     node: &mut Node,
+    old: Option<&OldChunks>,
     buf: &mut Vec<u8>,
 ) -> Result<(), FileError> {
     for attempt in 0..2 {
         node.content.clear();
+        node.prints.clear();
         let file = open_noatime(path).map_err(FileError::Io)?;
         let md = file.metadata().map_err(FileError::Io)?;
         if !md.is_file() {
@@ -811,6 +921,8 @@ fn read_file(
             )));
         }
         let size = md.len();
+        // Files of several chunks record their chunk prints for the next backup's fast path.
+        let prints = size >= u64::from(ctx.repo.chunker().params().min_bytes);
         if size >= ctx.mmap_min_bytes
             && let Ok(len) = usize::try_from(size)
             && let Ok(map) = GuardedMap::new(&file, len)
@@ -820,9 +932,13 @@ fn read_file(
             }
             let data = map.bytes();
             let mut pos = 0;
+            let mut cursor = Cursor::new();
             while pos < len && !map.faulted() && !ctx.failed() {
                 let end = (pos + WINDOW_BYTES).min(len);
-                let next = ctx.store_range(data, pos, end, &mut node.content)?;
+                let next = match old {
+                    Some(old) => ctx.store_range_fast(data, (pos, end), old, &mut cursor, node)?,
+                    None => ctx.store_range(data, (pos, end), node, prints)?,
+                };
                 add(&ctx.stats.bytes_read, (next - pos) as u64);
                 ctx.progress(0, (next - pos) as u64);
                 map.release(pos, next - pos);
@@ -841,7 +957,7 @@ fn read_file(
             ctx.progress(1, 0);
             return Ok(());
         }
-        let total = read_streaming(ctx, &file, buf, &mut node.content)?;
+        let total = read_streaming(ctx, &file, buf, node, prints)?;
         node.size = total;
         ctx.progress(1, 0);
         return Ok(());
@@ -857,7 +973,8 @@ fn read_streaming(
     ctx: &Ctx<'_>,
     file: &File,
     buf: &mut Vec<u8>,
-    content: &mut Vec<BlobId>,
+    node: &mut Node,
+    prints: bool,
 ) -> Result<u64, FileError> {
     let max = ctx.repo.chunker().params().max_bytes as usize;
     let want = WINDOW_BYTES + max;
@@ -878,7 +995,7 @@ fn read_streaming(
         // Without the end of the file in view, cut only where a whole maximal chunk follows,
         // so every cut is the one a single pass over the whole file would make.
         let end = if eof { buf.len() } else { buf.len() + 1 - max };
-        let done = ctx.store_range(buf, 0, end, content)?;
+        let done = ctx.store_range(buf, (0, end), node, prints)?;
         add(&ctx.stats.bytes_read, done as u64);
         ctx.progress(0, done as u64);
         total += done as u64;

@@ -22,6 +22,7 @@
 
 mod backup;
 mod error;
+mod fastpath;
 mod mapped;
 mod meta;
 mod progress;

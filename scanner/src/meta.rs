@@ -89,6 +89,7 @@ pub(crate) fn node_from_metadata(name: &[u8], meta: &Metadata, kind: NodeKind) -
         subtree: None,
         link_target: None,
         xattrs: Vec::new(),
+        prints: Vec::new(),
     }
 }
 

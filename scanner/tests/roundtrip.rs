@@ -587,6 +587,7 @@ fn plain_node(name: &[u8], kind: NodeKind) -> Node {
         subtree: None,
         link_target: None,
         xattrs: vec![],
+        prints: vec![],
     }
 }
 
@@ -736,4 +737,103 @@ fn a_mount_point_is_recorded_empty_and_not_entered() {
         inside.nodes.is_empty(),
         "another file system is not entered"
     );
+}
+
+/// The root tree's node called `name`.
+fn root_node(repo: &Repository, snapshot: &Snapshot, name: &[u8]) -> Node {
+    let tree = repo.load_tree(&snapshot.tree).expect("root tree");
+    tree.nodes
+        .into_iter()
+        .find(|n| n.name == name)
+        .expect("node in the root")
+}
+
+/// A source directory `src` holding one file, and a new repository beside it.
+fn one_file_source(tmp: &Path, name: &str, data: &[u8]) -> (PathBuf, Repository) {
+    let src = tmp.join("src");
+    fs::create_dir(&src).expect("mkdir");
+    fs::write(src.join(name), data).expect("write");
+    (src, new_repo(tmp))
+}
+
+/// Restores `snapshot` and checks the file `name` has exactly `data`.
+fn assert_restores(repo: &Repository, snapshot: &Snapshot, tmp: &Path, name: &str, data: &[u8]) {
+    let out = tmp.join("out");
+    restore(repo, snapshot, &RestoreOptions::new(&out)).expect("restore");
+    assert!(
+        fs::read(out.join(name)).expect("read") == data,
+        "restored bytes differ"
+    );
+}
+
+#[test]
+fn a_database_file_with_scattered_page_writes_takes_the_fast_path() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut rng = Rng(11);
+    let mut db = rng.bytes(24 << 20);
+    // A hole of zero pages, as preallocated database files have.
+    db[(8 << 20)..(10 << 20)].fill(0);
+    let (src, repo) = one_file_source(tmp.path(), "db", &db);
+    let first = backup(&repo, &BackupOptions::new(&src)).expect("first");
+    let prints = root_node(&repo, &first.snapshot, b"db");
+    assert_eq!(prints.prints.len(), prints.content.len() * 20);
+
+    // Rewrite 12 pages of 8 KiB in place, as a database checkpoint does.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("db"))
+        .expect("open");
+    for _ in 0..12 {
+        let page = rng.below((24 << 20) / 8192) as usize * 8192;
+        let bytes = rng.bytes(8192);
+        db[page..page + 8192].copy_from_slice(&bytes);
+        std::os::unix::fs::FileExt::write_all_at(&file, &bytes, page as u64).expect("pwrite");
+    }
+    file.flush().expect("flush");
+    drop(file);
+    let second = backup(&repo, &BackupOptions::new(&src)).expect("second");
+    let s = &second.snapshot.summary;
+    assert_eq!(s.files_changed, 1);
+    assert!(
+        s.bytes_fast >= (24 << 20) - 12 * (256 << 10),
+        "fast path found {} of {} bytes unchanged",
+        s.bytes_fast,
+        24 << 20
+    );
+    assert!(s.bytes_new <= 12 * (256 << 10), "new {}", s.bytes_new);
+
+    // The same chunks as a full pass: fast-path and full-hash backups agree.
+    let mut o = BackupOptions::new(&src);
+    o.full_hash = true;
+    o.parent = ParentChoice::Id(first.id);
+    let full = backup(&repo, &o).expect("full hash");
+    assert_eq!(full.snapshot.summary.bytes_fast, 0);
+    assert_eq!(full.snapshot.tree, second.snapshot.tree);
+
+    assert_restores(&repo, &second.snapshot, tmp.path(), "db", &db);
+}
+
+#[test]
+fn an_insertion_into_a_large_file_resynchronises() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut rng = Rng(12);
+    let mut data = rng.bytes(8 << 20);
+    let (src, repo) = one_file_source(tmp.path(), "log", &data);
+    backup(&repo, &BackupOptions::new(&src)).expect("first");
+    data.splice((3 << 20)..(3 << 20), rng.bytes(1000));
+    data.extend(rng.bytes(5000));
+    fs::write(src.join("log"), &data).expect("write");
+    let second = backup(&repo, &BackupOptions::new(&src)).expect("second");
+    let s = &second.snapshot.summary;
+    assert!(
+        s.bytes_fast >= data.len() as u64 - 4 * (256 << 10),
+        "fast path found {} of {} bytes",
+        s.bytes_fast,
+        data.len()
+    );
+    let mut o = BackupOptions::new(&src);
+    o.parent = ParentChoice::None;
+    let full = backup(&repo, &o).expect("no parent");
+    assert_eq!(full.snapshot.tree, second.snapshot.tree);
+    assert_restores(&repo, &second.snapshot, tmp.path(), "log", &data);
 }

@@ -25,6 +25,7 @@ mod check;
 pub mod chunker;
 mod crypto;
 mod error;
+mod fasthash;
 mod id;
 mod index;
 pub mod limits;
@@ -38,11 +39,12 @@ pub use check::{CheckOptions, CheckReport, Problem};
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::KdfParams;
 pub use error::{Error, Result};
+pub use fasthash::FastHasher;
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId, TreeId};
 pub use index::BlobLocation;
 pub use repo::{Config, InitOptions, Repository, SaveOutcome};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
-pub use tree::{Node, NodeKind, Tree, Xattr};
+pub use tree::{ChunkPrint, Node, NodeKind, PRINT_BYTES, Tree, Xattr};
 
 /// What a blob holds: file content, or a serialized [`Tree`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,6 +11,7 @@ use crate::backend::{Backend, FileKind};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{KdfParams, KeyFile, Keys, MasterKey};
 use crate::error::{Error, Result};
+use crate::fasthash::FastHasher;
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::limits::{
     DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_BLOB_BYTES, MIN_COMPRESSION_GAIN_DIVISOR,
@@ -71,6 +72,7 @@ pub struct Repository {
     master: MasterKey,
     keys: Keys,
     chunker: Chunker,
+    fast_hasher: FastHasher,
     key_id: KeyId,
     zstd_level: i32,
     index: RwLock<Index>,
@@ -166,7 +168,9 @@ impl Repository {
     ) -> Result<Repository> {
         let keys = master.derive()?;
         let chunker = Chunker::new(config.chunker, &keys.gear_key)?;
+        let fast_hasher = FastHasher::new(&keys.fast_hash_key);
         Ok(Repository {
+            fast_hasher,
             backend,
             config,
             master: MasterKey(master.0),
@@ -303,6 +307,12 @@ impl Repository {
     /// Key for fast keyed hashes of content (derived from the master key).
     pub fn fast_hash_key(&self) -> &[u8; 32] {
         &self.keys.fast_hash_key
+    }
+
+    /// The keyed XXH3-128 fingerprint of this repository (the fast path of incremental
+    /// backups).
+    pub fn fast_hasher(&self) -> &FastHasher {
+        &self.fast_hasher
     }
 
     /// Sets the zstd level for new blobs (1..=22, or negative for the fast levels).

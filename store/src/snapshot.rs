@@ -27,6 +27,10 @@ pub struct Summary {
     pub bytes_total: u64,
     /// Bytes read from files this run.
     pub bytes_read: u64,
+    /// Bytes of changed files recognised by the fast path (chunks of the previous version
+    /// found in place by fingerprint, neither cut nor hashed with BLAKE3).
+    #[serde(default)]
+    pub bytes_fast: u64,
     /// Plaintext bytes of blobs that were new to the repository.
     pub bytes_new: u64,
     /// Bytes of new blobs after compression and sealing (what the repository grew by).

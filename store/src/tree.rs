@@ -86,6 +86,32 @@ pub struct Node {
     /// Extended attributes, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// For large files: each chunk's length and keyed XXH3-128 fingerprint, in the order
+    /// of `content`, [`PRINT_BYTES`] bytes each (u32 length, then the fingerprint, both
+    /// little-endian). Lets the next backup recognise unchanged chunks without chunking
+    /// or BLAKE3; empty when not recorded.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub prints: Vec<u8>,
+}
+
+/// Bytes per chunk in [`Node::prints`].
+pub const PRINT_BYTES: usize = 20;
+
+/// One chunk's entry in [`Node::prints`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkPrint {
+    /// Plaintext length of the chunk.
+    pub len: u32,
+    /// Keyed XXH3-128 of the chunk's plaintext.
+    pub hash: u128,
+}
+
+impl ChunkPrint {
+    /// Appends this entry to a `prints` field.
+    pub fn push_to(&self, prints: &mut Vec<u8>) {
+        prints.extend_from_slice(&self.len.to_le_bytes());
+        prints.extend_from_slice(&self.hash.to_le_bytes());
+    }
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -96,6 +122,25 @@ impl Node {
     /// The name for messages (lossy UTF-8).
     pub fn display_name(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
+    }
+
+    /// The chunk prints of a file, if recorded for every chunk of `content`.
+    pub fn chunk_prints(&self) -> Option<Vec<ChunkPrint>> {
+        if self.prints.is_empty() || self.prints.len() != self.content.len() * PRINT_BYTES {
+            return None;
+        }
+        Some(
+            self.prints
+                .chunks_exact(PRINT_BYTES)
+                .map(|p| {
+                    let (len, hash) = p.split_at(4);
+                    ChunkPrint {
+                        len: u32::from_le_bytes(len.try_into().unwrap_or_default()),
+                        hash: u128::from_le_bytes(hash.try_into().unwrap_or_default()),
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Whether the name is one a restore may create inside a directory.
