@@ -18,7 +18,7 @@
 //! produce the same snapshot. The stack is taken depth first, so the directories in flight
 //! stay about as many as the tree is deep times the threads, whatever the source's size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -48,6 +48,9 @@ const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// Changed small files are grouped into units of work of at most this many bytes; a file
 /// this large is a unit of its own.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Windows of one mapped file planned ahead of the ones being stored.
+const WINDOWS_IN_FLIGHT: usize = 3;
 
 /// A callback given a file's path.
 pub type FileHook = Arc<dyn Fn(&Path) + Send + Sync>;
@@ -215,31 +218,63 @@ impl Ctx<'_> {
         Ok(id)
     }
 
-    /// Stores the pieces not known yet (in parallel when there are several) and appends
-    /// every piece to the node's content, and to its prints if `prints`.
+    /// Stores one piece unless known; returns its id and print (computed here when asked
+    /// for and not known yet).
+    fn store_piece(
+        &self,
+        data: &[u8],
+        piece: &Piece,
+        prints: bool,
+    ) -> podvault_store::Result<(BlobId, u128)> {
+        let bytes = &data[piece.offset..piece.offset + piece.len];
+        let print = match piece.print {
+            Some(p) => p,
+            None if prints => self.print(bytes),
+            None => 0,
+        };
+        let id = match piece.known {
+            Some(id) => id,
+            None => self.store_chunk(bytes)?,
+        };
+        Ok((id, print))
+    }
+
+    /// Stores pieces (in parallel when several are new).
     fn store_pieces(
         &self,
         data: &[u8],
         pieces: &[Piece],
+        prints: bool,
+    ) -> Vec<podvault_store::Result<(BlobId, u128)>> {
+        let new = pieces.iter().filter(|p| p.known.is_none()).count();
+        if new > 1 {
+            pieces
+                .par_iter()
+                .map(|p| self.store_piece(data, p, prints))
+                .collect()
+        } else {
+            pieces
+                .iter()
+                .map(|p| self.store_piece(data, p, prints))
+                .collect()
+        }
+    }
+
+    /// Appends stored pieces to the node's content, and to its prints if `prints`.
+    fn append(
+        &self,
         node: &mut Node,
+        pieces: &[Piece],
+        stored: Vec<podvault_store::Result<(BlobId, u128)>>,
         prints: bool,
     ) -> podvault_store::Result<()> {
-        let store = |p: &Piece| match p.known {
-            Some(id) => Ok(id),
-            None => self.store_chunk(&data[p.offset..p.offset + p.len]),
-        };
-        let new = pieces.iter().filter(|p| p.known.is_none()).count();
-        let ids: Vec<podvault_store::Result<BlobId>> = if new > 1 {
-            self.pool.install(|| pieces.par_iter().map(store).collect())
-        } else {
-            pieces.iter().map(store).collect()
-        };
-        for (piece, id) in pieces.iter().zip(ids) {
-            node.content.push(id?);
+        for (piece, result) in pieces.iter().zip(stored) {
+            let (id, hash) = result?;
+            node.content.push(id);
             if prints {
                 ChunkPrint {
                     len: piece.len as u32,
-                    hash: piece.print,
+                    hash,
                 }
                 .push_to(&mut node.prints);
             }
@@ -247,15 +282,25 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Chunks `data[..]` from `start` up to at least `end` and stores the chunks;
-    /// returns where the last chunk ended.
-    fn store_range(
+    /// Plans the chunks of `data` from `start` up to at least `end`: by the fast path when
+    /// the file's previous version is known, else by cutting. Returns where the last ended.
+    fn plan(
         &self,
         data: &[u8],
-        (start, end): (usize, usize),
-        node: &mut Node,
-        prints: bool,
-    ) -> podvault_store::Result<usize> {
+        range: (usize, usize),
+        old: Option<(&OldChunks, &mut Cursor)>,
+    ) -> (Vec<Piece>, usize) {
+        if let Some((old, cursor)) = old {
+            let (pieces, next) = fastpath::plan(self, data, range, old, cursor);
+            let known: usize = pieces
+                .iter()
+                .filter(|p| p.known.is_some())
+                .map(|p| p.len)
+                .sum();
+            add(&self.stats.bytes_fast, known as u64);
+            return (pieces, next);
+        }
+        let (start, end) = range;
         let mut pieces = Vec::new();
         let mut p = start;
         while p < end {
@@ -263,38 +308,92 @@ impl Ctx<'_> {
             pieces.push(Piece {
                 offset: p,
                 len,
-                print: if prints {
-                    self.print(&data[p..p + len])
-                } else {
-                    0
-                },
+                print: None,
                 known: None,
             });
             p += len;
         }
-        self.store_pieces(data, &pieces, node, prints)?;
-        Ok(p)
+        (pieces, p)
     }
 
-    /// Like [`Ctx::store_range`], but takes the chunks of the file's previous version
-    /// that are still in place without cutting or hashing them (see [`fastpath`]).
-    fn store_range_fast(
+    /// Chunks `data[..]` from `start` up to at least `end` and stores the chunks;
+    /// returns where the last chunk ended.
+    fn store_range(
         &self,
         data: &[u8],
         range: (usize, usize),
-        old: &OldChunks,
-        cursor: &mut Cursor,
         node: &mut Node,
+        prints: bool,
     ) -> podvault_store::Result<usize> {
-        let (pieces, next) = fastpath::plan(self, data, range, old, cursor);
-        let known: usize = pieces
-            .iter()
-            .filter(|p| p.known.is_some())
-            .map(|p| p.len)
-            .sum();
-        add(&self.stats.bytes_fast, known as u64);
-        self.store_pieces(data, &pieces, node, true)?;
+        let (pieces, next) = self.plan(data, range, None);
+        let stored = self
+            .pool
+            .install(|| self.store_pieces(data, &pieces, prints));
+        self.append(node, &pieces, stored, prints)?;
         Ok(next)
+    }
+
+    /// Reads a mapped file window after window: this thread plans a window (cuts it, or
+    /// finds the previous version's chunks by fingerprint) while the pool stores the ones
+    /// before it, at most [`WINDOWS_IN_FLIGHT`] ahead; each window's pages are released
+    /// once it is stored.
+    fn store_mapped(
+        &self,
+        map: &GuardedMap,
+        old: Option<&OldChunks>,
+        node: &mut Node,
+        prints: bool,
+    ) -> podvault_store::Result<()> {
+        type Done = (
+            usize,
+            Vec<Piece>,
+            Vec<podvault_store::Result<(BlobId, u128)>>,
+        );
+        let data = map.bytes();
+        let len = data.len();
+        let mut cursor = Cursor::new();
+        let mut old = old.map(|o| (o, &mut cursor));
+        let (tx, rx) = crossbeam_channel::unbounded::<Done>();
+        let mut finished: BTreeMap<usize, Done> = BTreeMap::new();
+        let mut result = Ok(());
+        self.pool.in_place_scope(|scope| {
+            let (mut pos, mut planned, mut applied) = (0usize, 0usize, 0usize);
+            loop {
+                let more = pos < len && !map.faulted() && !self.failed() && result.is_ok();
+                let in_flight = planned - applied;
+                if in_flight > 0 && (!more || in_flight >= WINDOWS_IN_FLIGHT) {
+                    let Ok(done) = rx.recv() else { break };
+                    finished.insert(done.0, done);
+                    while let Some((_, pieces, stored)) = finished.remove(&applied) {
+                        if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
+                            map.release(first.offset, last.offset + last.len - first.offset);
+                        }
+                        if result.is_ok() {
+                            result = self.append(node, &pieces, stored, prints);
+                        }
+                        applied += 1;
+                    }
+                    continue;
+                }
+                if !more {
+                    break;
+                }
+                let end = (pos + WINDOW_BYTES).min(len);
+                let (pieces, next) =
+                    self.plan(data, (pos, end), old.as_mut().map(|(o, c)| (*o, &mut **c)));
+                add(&self.stats.bytes_read, (next - pos) as u64);
+                self.progress(0, (next - pos) as u64);
+                pos = next;
+                let tx = tx.clone();
+                let window = planned;
+                scope.spawn(move |_| {
+                    let stored = self.store_pieces(data, &pieces, prints);
+                    let _ = tx.send((window, pieces, stored));
+                });
+                planned += 1;
+            }
+        });
+        result
     }
 }
 
@@ -930,20 +1029,7 @@ fn read_file(
             if let Some(hook) = &ctx.after_map {
                 hook(path);
             }
-            let data = map.bytes();
-            let mut pos = 0;
-            let mut cursor = Cursor::new();
-            while pos < len && !map.faulted() && !ctx.failed() {
-                let end = (pos + WINDOW_BYTES).min(len);
-                let next = match old {
-                    Some(old) => ctx.store_range_fast(data, (pos, end), old, &mut cursor, node)?,
-                    None => ctx.store_range(data, (pos, end), node, prints)?,
-                };
-                add(&ctx.stats.bytes_read, (next - pos) as u64);
-                ctx.progress(0, (next - pos) as u64);
-                map.release(pos, next - pos);
-                pos = next;
-            }
+            ctx.store_mapped(&map, old, node, prints)?;
             if map.faulted() {
                 tracing::warn!(path = %path.display(), attempt, "file shrank while being read");
                 if attempt == 0 {

@@ -67,8 +67,8 @@ impl OldChunks {
 pub(crate) struct Piece {
     pub(crate) offset: usize,
     pub(crate) len: usize,
-    /// The fingerprint (always computed: the new node records it).
-    pub(crate) print: u128,
+    /// The fingerprint, if computed while planning.
+    pub(crate) print: Option<u128>,
     /// The chunk's id when taken from the previous version; `None`: to be stored.
     pub(crate) known: Option<BlobId>,
 }
@@ -113,19 +113,21 @@ pub(crate) fn plan(
     let mut pieces = Vec::new();
     let mut p = start;
     while p < end {
+        // The fingerprint of the bytes where an old chunk was expected but differs: when
+        // the chunker cuts the same length there (a page rewritten in place), it is the
+        // new chunk's fingerprint too.
+        let mut tried = None;
         if let Some(j) = cursor.expect.filter(|&j| j < old.ids.len()) {
             let len = old.prints[j].len as usize;
             let last = j + 1 == old.ids.len();
-            if len > 0
-                && p + len <= data.len()
-                && (!last || p + len == data.len())
-                && how.print(&data[p..p + len]) == old.prints[j].hash
-                && how.has(&old.ids[j])
-            {
+            let fits = len > 0 && p + len <= data.len() && (!last || p + len == data.len());
+            let fp = fits.then(|| how.print(&data[p..p + len]));
+            tried = fp.map(|fp| (len, fp));
+            if fp == Some(old.prints[j].hash) && how.has(&old.ids[j]) {
                 pieces.push(Piece {
                     offset: p,
                     len,
-                    print: old.prints[j].hash,
+                    print: Some(old.prints[j].hash),
                     known: Some(old.ids[j]),
                 });
                 cursor.shift = p as isize - old.starts[j] as isize;
@@ -135,7 +137,10 @@ pub(crate) fn plan(
             }
         }
         let len = how.cut(&data[p..]);
-        let fp = how.print(&data[p..p + len]);
+        let fp = match tried {
+            Some((n, fp)) if n == len => fp,
+            _ => how.print(&data[p..p + len]),
+        };
         // A newly cut chunk equal to an old one (moved by an insertion or a deletion):
         // take its id and expect the old chunks that followed it.
         let found = old
@@ -146,7 +151,7 @@ pub(crate) fn plan(
         pieces.push(Piece {
             offset: p,
             len,
-            print: fp,
+            print: Some(fp),
             known: found.map(|j| old.ids[j]),
         });
         p += len;
@@ -235,7 +240,10 @@ mod tests {
         while p < new.len() {
             let (pieces, next) = plan(toy, new, (p, (p + 100).min(new.len())), &old, &mut cursor);
             for piece in pieces {
-                assert_eq!(piece.print, toy.print(&new[piece.offset..][..piece.len]));
+                assert_eq!(
+                    piece.print,
+                    Some(toy.print(&new[piece.offset..][..piece.len]))
+                );
                 cuts.push((piece.offset, piece.len));
                 known += if piece.known.is_some() { piece.len } else { 0 };
             }
