@@ -174,7 +174,24 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Keeps glibc from holding on to freed buffers: by default it raises its mmap threshold
+/// to the largest block freed so far (up to 32 MiB), after which the multi-megabyte chunk
+/// and pack buffers come from heaps it never returns, and keeps one heap per thread. A
+/// fixed threshold and two arenas keep peak memory near what is in use (measured: /usr/share
+/// copy backup 96 -> 76 MiB peak RSS, no slower).
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; it is called before any other
+    // thread exists. A refused setting (return 0) leaves glibc's defaults, which are
+    // correct, only hungrier.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
     let result = match cli.command {

@@ -43,14 +43,14 @@ use crate::meta::{self, Names};
 use crate::progress::Progress;
 
 /// Bytes of a mapped file handed to the chunk workers at a time (then released).
-const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+const WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 /// Changed small files are grouped into units of work of at most this many bytes; a file
 /// this large is a unit of its own.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Windows of one mapped file planned ahead of the ones being stored.
-const WINDOWS_IN_FLIGHT: usize = 3;
+const WINDOWS_IN_FLIGHT: usize = 2;
 
 /// A callback given a file's path.
 pub type FileHook = Arc<dyn Fn(&Path) + Send + Sync>;

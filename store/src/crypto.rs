@@ -209,21 +209,37 @@ impl Sealer {
     /// Seals `plaintext` into `out` (cleared first), reusing its allocation.
     pub(crate) fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
         out.clear();
+        self.seal_append(aad, plaintext, out)
+    }
+
+    /// Appends the sealed form of `plaintext` to `out`.
+    pub(crate) fn seal_append(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let start = out.len();
         out.reserve(plaintext.len() + SEAL_OVERHEAD_BYTES);
         let mut nonce = [0u8; NONCE_BYTES];
         random_bytes(&mut nonce)?;
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[NONCE_BYTES..],
-            )
-            .map_err(|_| Error::Crypto("seal".into()))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(())
+        let tag = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[start + NONCE_BYTES..],
+        );
+        match tag {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(Error::Crypto("seal".into()))
+            }
+        }
     }
 
     /// Opens a sealed message where it lies; returns where the plaintext now is in `buf`.

@@ -55,24 +55,16 @@ impl PackBuilder {
         self.records.is_empty()
     }
 
-    /// Starts this (empty) pack in a buffer kept from an earlier one.
-    pub(crate) fn use_buffer(&mut self, buffer: Option<Vec<u8>>) {
-        if let Some(mut b) = buffer
-            && self.records.is_empty()
-        {
-            b.clear();
-            self.buf = b;
-        }
-    }
-
-    pub(crate) fn add(
+    /// Adds a blob that `write` appends, sealed, to the pack's buffer; returns its sealed
+    /// length.
+    pub(crate) fn add_with(
         &mut self,
         kind: BlobKind,
         flags: u8,
         id: BlobId,
         raw_len: u32,
-        sealed: &[u8],
-    ) -> Result<()> {
+        write: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<usize> {
         let too_big = |what: &str| Error::InvalidParameter {
             name: "pack size",
             reason: format!("{what} exceeds 4 GiB"),
@@ -82,9 +74,16 @@ impl PackBuilder {
             // copies. Pages not written are never touched, so they cost no memory.
             self.buf.reserve_exact(PACK_TARGET_BYTES + PACK_SLACK_BYTES);
         }
-        let offset = u32::try_from(self.buf.len()).map_err(|_| too_big("pack"))?;
-        let sealed_len = u32::try_from(sealed.len()).map_err(|_| too_big("blob"))?;
-        self.buf.extend_from_slice(sealed);
+        let start = self.buf.len();
+        let offset = u32::try_from(start).map_err(|_| too_big("pack"))?;
+        write(&mut self.buf)?;
+        let sealed_len = match u32::try_from(self.buf.len() - start) {
+            Ok(n) => n,
+            Err(_) => {
+                self.buf.truncate(start);
+                return Err(too_big("blob"));
+            }
+        };
         self.records.push(PackRecord {
             kind,
             flags,
@@ -93,7 +92,7 @@ impl PackBuilder {
             sealed_len,
             raw_len,
         });
-        Ok(())
+        Ok(sealed_len as usize)
     }
 
     /// Appends the sealed header and returns the pack's id, bytes and records.

@@ -15,7 +15,7 @@ use crate::fasthash::FastHasher;
 use crate::index::{Index, IndexFile, IndexPack};
 use crate::limits::{
     DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_BLOB_BYTES, MIN_COMPRESSION_GAIN_DIVISOR,
-    PACK_TARGET_BYTES,
+    PACK_TARGET_BYTES, TREE_PACK_TARGET_BYTES, TREE_ZSTD_LEVEL,
 };
 use crate::pack::{FLAG_ZSTD, PackBuilder, PackRecord, blob_aad, parse_pack};
 use crate::{
@@ -82,12 +82,33 @@ pub struct Repository {
     tree_pack: Mutex<PackBuilder>,
     /// Packs written but not yet listed in an index file.
     unindexed: Mutex<Vec<IndexPack>>,
-    /// Pack buffers kept for reuse.
-    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Pack buffers kept for reuse: one filling for data, one for trees, one being written.
-const PACK_BUFFERS_KEPT: usize = 3;
+/// Bytes of each of the two samples (start and middle) that decide whether a large chunk is
+/// worth compressing.
+const PROBE_BYTES: usize = 32 * 1024;
+
+/// Whether a data chunk is not worth compressing: both a sample at its start and one in
+/// its middle fail to shrink by the minimum gain. Small chunks are always tried.
+fn looks_incompressible(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    data: &[u8],
+) -> Result<bool> {
+    if data.len() < 8 * PROBE_BYTES {
+        return Ok(false);
+    }
+    let mut out = [0u8; PROBE_BYTES + 1024];
+    for at in [0, data.len() / 2] {
+        let sample = &data[at..at + PROBE_BYTES];
+        let n = compressor
+            .compress_to_buffer(sample, &mut out[..])
+            .map_err(|e| Error::Crypto(format!("zstd: {e}")))?;
+        if n + PROBE_BYTES / MIN_COMPRESSION_GAIN_DIVISOR < PROBE_BYTES {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// Per-thread buffers of the sealing path, reused so that the pipeline does not allocate
 /// and free megabytes per chunk (glibc then keeps freed buffers in per-thread arenas and
@@ -96,7 +117,6 @@ struct Scratch {
     level: i32,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     compressed: Vec<u8>,
-    sealed: Vec<u8>,
 }
 
 thread_local! {
@@ -107,7 +127,6 @@ thread_local! {
             level: 0,
             compressor: None,
             compressed: Vec::new(),
-            sealed: Vec::new(),
         })
     };
 }
@@ -183,7 +202,6 @@ impl Repository {
             data_pack: Mutex::new(PackBuilder::default()),
             tree_pack: Mutex::new(PackBuilder::default()),
             unindexed: Mutex::new(Vec::new()),
-            buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -368,7 +386,7 @@ impl Repository {
 
     fn seal_and_add(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
         let level = if kind == BlobKind::Tree {
-            DEFAULT_ZSTD_LEVEL
+            TREE_ZSTD_LEVEL
         } else {
             self.zstd_level
         };
@@ -383,36 +401,42 @@ impl Repository {
                 .compressor
                 .as_mut()
                 .ok_or_else(|| Error::Crypto("zstd context".into()))?;
-            scratch.compressed.clear();
-            scratch
-                .compressed
-                .reserve(zstd::zstd_safe::compress_bound(data.len()));
-            compressor
-                .compress_to_buffer(data, &mut scratch.compressed)
-                .map_err(zstd_err)?;
-            let (flags, payload) = if scratch.compressed.len()
-                + data.len() / MIN_COMPRESSION_GAIN_DIVISOR
-                < data.len()
-            {
-                (FLAG_ZSTD, scratch.compressed.as_slice())
+            let compress = kind == BlobKind::Tree || !looks_incompressible(compressor, data)?;
+            let mut flags = 0;
+            if compress {
+                scratch.compressed.clear();
+                scratch
+                    .compressed
+                    .reserve(zstd::zstd_safe::compress_bound(data.len()));
+                compressor
+                    .compress_to_buffer(data, &mut scratch.compressed)
+                    .map_err(zstd_err)?;
+                if scratch.compressed.len() + data.len() / MIN_COMPRESSION_GAIN_DIVISOR < data.len()
+                {
+                    flags = FLAG_ZSTD;
+                }
+            }
+            let payload = if flags == FLAG_ZSTD {
+                scratch.compressed.as_slice()
             } else {
-                (0, data)
+                data
             };
-            self.keys.sealer.seal_into(
-                &blob_aad(kind, flags, &id),
-                payload,
-                &mut scratch.sealed,
-            )?;
             let mut builder = match kind {
                 BlobKind::Data => self.data_pack.lock(),
                 BlobKind::Tree => self.tree_pack.lock(),
             };
-            if builder.is_empty() {
-                builder.use_buffer(self.buffers.lock().pop());
-            }
-            builder.add(kind, flags, id, data.len() as u32, &scratch.sealed)?;
-            let full = (builder.len() >= PACK_TARGET_BYTES).then(|| std::mem::take(&mut *builder));
-            Ok((scratch.sealed.len() as u64, full))
+            let target = match kind {
+                BlobKind::Data => PACK_TARGET_BYTES,
+                BlobKind::Tree => TREE_PACK_TARGET_BYTES,
+            };
+            // Sealed straight into the pack: no per-thread copy of every blob.
+            let sealed_len = builder.add_with(kind, flags, id, data.len() as u32, |buf| {
+                self.keys
+                    .sealer
+                    .seal_append(&blob_aad(kind, flags, &id), payload, buf)
+            })?;
+            let full = (builder.len() >= target).then(|| std::mem::take(&mut *builder));
+            Ok((sealed_len as u64, full))
         })?;
         if let Some(builder) = full {
             self.write_pack(builder)?;
@@ -422,14 +446,11 @@ impl Repository {
 
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         let (id, bytes, records) = builder.finish(&self.keys.sealer)?;
+        // The buffer is freed right after: with glibc's mmap threshold fixed (see the
+        // binary's allocator set-up) that returns it to the system, and measured no slower
+        // than keeping buffers for the next pack.
         let written = self.backend.write(FileKind::Pack, &id.to_hex(), &bytes);
-        {
-            // Keep a few pack buffers for the next packs instead of freeing 16 MiB at a time.
-            let mut buffers = self.buffers.lock();
-            if buffers.len() < PACK_BUFFERS_KEPT {
-                buffers.push(bytes);
-            }
-        }
+        drop(bytes);
         let mut pending = self.pending.lock();
         for r in &records {
             pending.remove(&r.id);

@@ -45,8 +45,11 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
     let repo = Repository::init(backend(&path), b"pw", &fast()).expect("init");
     let compressible = b"abc".repeat(100_000);
     let random = pseudo_random(1, 300_000);
+    // Random at the start, compressible from the middle on: the probe of the middle sees it.
+    let mut half = pseudo_random(2, 300_000);
+    half.extend(b"xyz".repeat(100_000));
     let mut ids = Vec::new();
-    for data in [&compressible, &random] {
+    for data in [&compressible, &random, &half] {
         let id = repo.blob_id(data);
         assert!(matches!(
             repo.save_blob(BlobKind::Data, id, data).expect("save"),
@@ -68,6 +71,11 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
         !repo.locate(&ids[1]).expect("indexed").compressed(),
         "random data is stored raw"
     );
+    let loc = repo.locate(&ids[2]).expect("indexed");
+    assert!(
+        loc.compressed() && loc.sealed_len < 310_000,
+        "half-compressible data is compressed"
+    );
     drop(repo);
     let repo = Repository::open(backend(&path), b"pw").expect("open");
     assert_eq!(
@@ -77,6 +85,10 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
     assert_eq!(
         repo.load_blob(BlobKind::Data, &ids[1]).expect("load"),
         random
+    );
+    assert_eq!(
+        repo.load_blob(BlobKind::Data, &ids[2]).expect("load"),
+        half
     );
     assert!(
         repo.check(CheckOptions { read_data: true })
