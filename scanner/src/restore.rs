@@ -1,9 +1,14 @@
 //! Restore: recreate a snapshot's tree under a target directory.
 //!
-//! Directories, links and special files are made by one thread in tree order; file contents
-//! are written by worker threads with positioned writes, every chunk verified against its id
-//! as it is read. All-zero chunks are skipped, so holes stay holes. Directory metadata is
-//! applied last, deepest first, so writing children does not disturb it.
+//! Directories, links and special files are made by one thread in tree order, which also
+//! creates each file at its full size and plans its chunks. The plan is by pack: for a batch
+//! of files, every chunk they need is listed with all the places it goes, and the chunks are
+//! grouped by the pack that holds them, in pack order. Worker threads then take one pack
+//! each, read the needed parts in as few requests as the gaps allow (each pack once per
+//! batch), verify and decrypt each chunk once, and write it with positioned writes to every
+//! place, in parallel across packs. All-zero blocks are not written, so holes stay holes.
+//! A file's metadata is applied when its last chunk is written; directory metadata last,
+//! deepest first, so writing children does not disturb it.
 //!
 //! Nothing is written outside the target: every name is checked (no `/`, `..`, `.`, NUL,
 //! empty, or duplicate), entries are created relative to directories this restore made or
@@ -20,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
-use podvault_store::{BlobKind, Node, NodeKind, Repository, Snapshot, Tree};
+use podvault_store::{
+    BlobId, BlobKind, BlobLocation, FileKind, Node, NodeKind, PackId, Repository, Snapshot, Tree,
+};
 
 use crate::error::{Error, Result};
 use crate::meta;
@@ -62,29 +69,221 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Read requests made to packs (each pack a batch needs is read once, in runs).
+    pub pack_reads: u64,
     /// Metadata that could not be applied (for example ownership when not root).
     pub warnings: Vec<String>,
 }
 
-/// A file being restored: shared by the jobs that write its parts; the job that finishes
-/// last applies its metadata.
+/// A file being restored. Its chunks may come from many packs; whoever writes the last one
+/// applies its metadata.
 struct FileState {
     path: PathBuf,
     node: Node,
-    jobs_left: AtomicUsize,
+    chunks_left: AtomicUsize,
     failed: AtomicBool,
 }
 
-/// Part of a file to write: chunks `first..end` of its content, the first at `offset`.
-struct FileJob {
+/// Where one chunk goes.
+struct Target {
     file: Arc<FileState>,
-    first: usize,
-    end: usize,
     offset: u64,
 }
 
-/// Large files are split into jobs of about this many bytes, written in parallel.
-const JOB_BYTES: u64 = 8 * 1024 * 1024;
+/// One blob to read, and every place of the batch it goes.
+struct BlobJob {
+    id: BlobId,
+    loc: BlobLocation,
+    targets: Vec<Target>,
+}
+
+/// The blobs of one pack that a batch of files needs, in pack order.
+struct PackJob {
+    pack: PackId,
+    blobs: Vec<BlobJob>,
+}
+
+/// Files are planned in batches of about this many chunks: each batch reads every pack it
+/// needs once, in as few requests as the gaps allow, and the plan stays small.
+const BATCH_CHUNKS: usize = 16 * 1024;
+
+/// Blobs of a pack closer than this are fetched by one read (the gap is read and dropped).
+const READ_GAP_BYTES: u64 = 1024 * 1024;
+
+/// Largest single read from a pack: a whole pack (closed at its target size, plus the
+/// blob that crossed it).
+const READ_MAX_BYTES: u64 = podvault_store::limits::PACK_TARGET_BYTES as u64 + 8 * 1024 * 1024;
+
+/// What the restore workers share.
+struct Shared<'a> {
+    repo: &'a Repository,
+    as_root: bool,
+    report: &'a Mutex<RestoreReport>,
+    errors: &'a Mutex<Vec<Error>>,
+    progress: Option<&'a Progress>,
+}
+
+impl Shared<'_> {
+    /// Records a failure of a file (once per file).
+    fn fail(&self, file: &FileState, error: Error) {
+        if !file.failed.swap(true, Ordering::AcqRel) {
+            self.errors.lock().push(error);
+        }
+    }
+
+    /// Counts one chunk of a file done; applies its metadata after the last.
+    fn chunk_done(&self, file: &FileState) {
+        if file.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.file_done(file);
+        }
+    }
+
+    fn file_done(&self, file: &FileState) {
+        if file.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(p) = self.progress {
+            p.add_done(1, 0);
+        }
+        let warnings = meta::apply(&file.path, &file.node, self.as_root);
+        if !warnings.is_empty() {
+            self.report.lock().warnings.extend(
+                warnings
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", file.path.display())),
+            );
+        }
+    }
+
+    /// Reads the blobs of one pack, in runs, and writes each where it goes.
+    fn restore_pack(&self, job: &PackJob) {
+        let name = job.pack.to_hex();
+        let blobs = &job.blobs;
+        let mut plain_buf = Vec::new();
+        let mut open: Option<(*const FileState, File)> = None;
+        let mut i = 0;
+        while i < blobs.len() {
+            let start = u64::from(blobs[i].loc.offset);
+            let mut end = start + u64::from(blobs[i].loc.sealed_len);
+            let mut j = i + 1;
+            while j < blobs.len() {
+                let (o, n) = (
+                    u64::from(blobs[j].loc.offset),
+                    u64::from(blobs[j].loc.sealed_len),
+                );
+                if o > end + READ_GAP_BYTES || o + n - start > READ_MAX_BYTES {
+                    break;
+                }
+                end = end.max(o + n);
+                j += 1;
+            }
+            let read = self
+                .repo
+                .backend()
+                .read_range(FileKind::Pack, &name, start, end - start);
+            self.report.lock().pack_reads += 1;
+            match read {
+                Ok(mut buf) => {
+                    for blob in &blobs[i..j] {
+                        let at = (u64::from(blob.loc.offset) - start) as usize;
+                        let len = blob.loc.sealed_len as usize;
+                        let opened = match buf.get_mut(at..at + len) {
+                            Some(sealed) => self.repo.open_blob_in_place(
+                                &blob.id,
+                                &blob.loc,
+                                sealed,
+                                &mut plain_buf,
+                            ),
+                            None => Err(podvault_store::Error::Corrupt {
+                                what: "pack",
+                                name: name.clone(),
+                                reason: format!(
+                                    "truncated: data blob {} lies beyond its end",
+                                    blob.id.short()
+                                ),
+                            }),
+                        };
+                        match opened {
+                            Ok(plain) => self.write_targets(blob, plain, &mut open),
+                            Err(e) => self.fail_blob(blob, &e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for blob in &blobs[i..j] {
+                        self.fail_blob(blob, &e);
+                    }
+                }
+            }
+            i = j;
+        }
+    }
+
+    fn fail_blob(&self, blob: &BlobJob, e: &podvault_store::Error) {
+        for t in &blob.targets {
+            let source = match e {
+                podvault_store::Error::Corrupt { what, name, reason } => {
+                    podvault_store::Error::Corrupt {
+                        what,
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    }
+                }
+                other => podvault_store::Error::Corrupt {
+                    what: "pack",
+                    name: blob.loc.pack.to_hex(),
+                    reason: other.to_string(),
+                },
+            };
+            self.fail(
+                &t.file,
+                Error::Content {
+                    path: t.file.path.clone(),
+                    source,
+                },
+            );
+            self.chunk_done(&t.file);
+        }
+    }
+
+    /// Writes a chunk's plaintext at each of its places (keeping holes), reusing the
+    /// open file while consecutive places are in the same file.
+    fn write_targets(
+        &self,
+        blob: &BlobJob,
+        plain: &[u8],
+        open: &mut Option<(*const FileState, File)>,
+    ) {
+        for t in &blob.targets {
+            let key = Arc::as_ptr(&t.file);
+            let file = match open {
+                Some((k, f)) if *k == key => Ok(&*f),
+                _ => OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&t.file.path)
+                    .map(|f| &open.insert((key, f)).1),
+            };
+            let written = file.and_then(|f| write_sparse(f, plain, t.offset));
+            match written {
+                Ok(n) => {
+                    self.report.lock().bytes += n;
+                    if let Some(p) = self.progress {
+                        p.add_done(0, plain.len() as u64);
+                    }
+                }
+                Err(source) => self.fail(
+                    &t.file,
+                    Error::Write {
+                        path: t.file.path.clone(),
+                        source,
+                    },
+                ),
+            }
+            self.chunk_done(&t.file);
+        }
+    }
+}
 
 /// Restores `snapshot` into `options.target`.
 pub fn restore(
@@ -118,33 +317,21 @@ pub fn restore(
     let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
 
+    let shared = Shared {
+        repo,
+        as_root,
+        report: &report,
+        errors: &errors,
+        progress: options.progress.as_deref(),
+    };
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = bounded::<FileJob>(threads * 4);
+        let (tx, rx) = bounded::<PackJob>(threads * 2);
         for _ in 0..threads {
             let rx = rx.clone();
-            let (report, errors, progress) = (&report, &errors, options.progress.as_deref());
+            let shared = &shared;
             s.spawn(move || {
                 for job in rx {
-                    let file = &job.file;
-                    match write_part(repo, &job, progress) {
-                        Ok(bytes) => report.lock().bytes += bytes,
-                        Err(e) => {
-                            file.failed.store(true, Ordering::Release);
-                            errors.lock().push(e);
-                        }
-                    }
-                    let last = file.jobs_left.fetch_sub(1, Ordering::AcqRel) == 1;
-                    if last && !file.failed.load(Ordering::Acquire) {
-                        if let Some(p) = progress {
-                            p.add_done(1, 0);
-                        }
-                        let warnings = meta::apply(&file.path, &file.node, as_root);
-                        report.lock().warnings.extend(
-                            warnings
-                                .into_iter()
-                                .map(|w| format!("{}: {w}", file.path.display())),
-                        );
-                    }
+                    shared.restore_pack(&job);
                 }
             });
         }
@@ -153,13 +340,15 @@ pub fn restore(
         let mut w = Walker {
             repo,
             overwrite: options.overwrite,
-            as_root,
+            shared: &shared,
             tx: &tx,
             links: &mut links,
             dirs: &mut dirs,
-            report: &report,
+            batch: HashMap::new(),
+            batch_chunks: 0,
         };
         let result = w.restore_tree(&target, &root, "");
+        w.flush();
         drop(tx);
         result
     })?;
@@ -221,11 +410,13 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
 struct Walker<'a> {
     repo: &'a Repository,
     overwrite: bool,
-    as_root: bool,
-    tx: &'a crossbeam_channel::Sender<FileJob>,
+    shared: &'a Shared<'a>,
+    tx: &'a crossbeam_channel::Sender<PackJob>,
     links: &'a mut HashMap<(u64, u64), PathBuf>,
     dirs: &'a mut Vec<(PathBuf, Node)>,
-    report: &'a Mutex<RestoreReport>,
+    /// The chunks of the files planned so far and not yet handed to the workers.
+    batch: HashMap<BlobId, BlobJob>,
+    batch_chunks: usize,
 }
 
 impl Walker<'_> {
@@ -281,7 +472,7 @@ impl Walker<'_> {
             }
             NodeKind::File => {
                 self.clear(path)?;
-                self.report.lock().files += 1;
+                self.shared.report.lock().files += 1;
                 if node.links > 1 {
                     if let Some(first) = self.links.get(&(node.device, node.inode)) {
                         std::fs::hard_link(first, path).map_err(write_err)?;
@@ -319,7 +510,7 @@ impl Walker<'_> {
                 reason,
             },
         };
-        let mut sizes = Vec::with_capacity(node.content.len());
+        let mut locs = Vec::with_capacity(node.content.len());
         for id in &node.content {
             let loc = self.repo.locate(id).ok_or_else(|| Error::Content {
                 path: path.to_path_buf(),
@@ -328,9 +519,9 @@ impl Walker<'_> {
                     id: id.to_hex(),
                 },
             })?;
-            sizes.push(u64::from(loc.raw_len));
+            locs.push(loc);
         }
-        let total: u64 = sizes.iter().sum();
+        let total: u64 = locs.iter().map(|l| u64::from(l.raw_len)).sum();
         if total != node.size {
             return Err(content_err(format!(
                 "content is {total} bytes but the snapshot says {}",
@@ -351,41 +542,65 @@ impl Walker<'_> {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut parts = Vec::new();
-        let (mut first, mut offset, mut part_start, mut part_bytes) = (0, 0u64, 0u64, 0u64);
-        for (i, size) in sizes.iter().enumerate() {
-            part_bytes += size;
-            offset += size;
-            if part_bytes >= JOB_BYTES || i + 1 == sizes.len() {
-                parts.push((first, i + 1, part_start));
-                first = i + 1;
-                part_start = offset;
-                part_bytes = 0;
-            }
-        }
-        if parts.is_empty() {
-            parts.push((0, 0, 0)); // an empty file still gets its metadata from a worker
-        }
+        drop(file);
         let state = Arc::new(FileState {
             path: path.to_path_buf(),
             node: node.clone(),
-            jobs_left: AtomicUsize::new(parts.len()),
+            chunks_left: AtomicUsize::new(node.content.len()),
             failed: AtomicBool::new(false),
         });
-        for (first, end, offset) in parts {
-            let _ = self.tx.send(FileJob {
-                file: state.clone(),
-                first,
-                end,
-                offset,
-            });
+        if node.content.is_empty() {
+            self.shared.file_done(&state);
+            return Ok(());
+        }
+        let mut offset = 0u64;
+        for (id, loc) in node.content.iter().zip(locs) {
+            self.batch
+                .entry(*id)
+                .or_insert_with(|| BlobJob {
+                    id: *id,
+                    loc,
+                    targets: Vec::new(),
+                })
+                .targets
+                .push(Target {
+                    file: state.clone(),
+                    offset,
+                });
+            offset += u64::from(loc.raw_len);
+        }
+        self.batch_chunks += node.content.len();
+        if self.batch_chunks >= BATCH_CHUNKS {
+            self.flush();
         }
         Ok(())
     }
 
+    /// Hands the planned chunks to the workers, one job per pack.
+    fn flush(&mut self) {
+        let mut packs: HashMap<PackId, Vec<BlobJob>> = HashMap::new();
+        for (_, blob) in self.batch.drain() {
+            packs.entry(blob.loc.pack).or_default().push(blob);
+        }
+        self.batch_chunks = 0;
+        let mut jobs: Vec<PackJob> = packs
+            .into_iter()
+            .map(|(pack, mut blobs)| {
+                blobs.sort_by_key(|b| b.loc.offset);
+                PackJob { pack, blobs }
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.pack);
+        for job in jobs {
+            if self.tx.send(job).is_err() {
+                break;
+            }
+        }
+    }
+
     fn finish_other(&mut self, path: &Path, node: &Node) {
-        let warnings = meta::apply(path, node, self.as_root);
-        let mut r = self.report.lock();
+        let warnings = meta::apply(path, node, self.shared.as_root);
+        let mut r = self.shared.report.lock();
         r.others += 1;
         r.warnings.extend(
             warnings
@@ -413,39 +628,6 @@ impl Walker<'_> {
             }),
         }
     }
-}
-
-/// Writes one part of a file; returns the bytes written (holes excluded).
-fn write_part(repo: &Repository, job: &FileJob, progress: Option<&Progress>) -> Result<u64> {
-    let path = &job.file.path;
-    let write_err = |source: std::io::Error| Error::Write {
-        path: path.clone(),
-        source,
-    };
-    if job.first == job.end {
-        return Ok(0);
-    }
-    let file: File = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(write_err)?;
-    let mut offset = job.offset;
-    let mut written = 0u64;
-    for id in &job.file.node.content[job.first..job.end] {
-        let data = repo
-            .load_blob(BlobKind::Data, id)
-            .map_err(|source| Error::Content {
-                path: path.clone(),
-                source,
-            })?;
-        written += write_sparse(&file, &data, offset).map_err(write_err)?;
-        offset += data.len() as u64;
-        if let Some(p) = progress {
-            p.add_done(0, data.len() as u64);
-        }
-    }
-    Ok(written)
 }
 
 /// Holes are kept at this granularity: aligned all-zero blocks of this size are not written.

@@ -837,3 +837,38 @@ fn an_insertion_into_a_large_file_resynchronises() {
     assert_eq!(full.snapshot.tree, second.snapshot.tree);
     assert_restores(&repo, &second.snapshot, tmp.path(), "log", &data);
 }
+
+#[test]
+fn restore_reads_each_pack_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    let mut rng = Rng(21);
+    for d in 0..8 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir(&dir).expect("mkdir");
+        for f in 0..200 {
+            let len = rng.below(20_000) as usize;
+            fs::write(dir.join(format!("f{f}")), rng.bytes(len)).expect("write");
+        }
+    }
+    let big = rng.bytes(40 << 20);
+    fs::write(src.join("big"), &big).expect("write");
+    fs::write(src.join("big-copy"), &big).expect("write");
+    let repo = new_repo(tmp.path());
+    let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
+    let packs = repo
+        .backend()
+        .list(podvault_store::FileKind::Pack)
+        .expect("list")
+        .len() as u64;
+    assert!(packs >= 3, "{packs} packs");
+    let out = tmp.path().join("out");
+    let restored = restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+    assert!(
+        restored.pack_reads <= packs,
+        "{} reads for {packs} packs",
+        restored.pack_reads
+    );
+    assert_same_tree(&src, &out);
+}

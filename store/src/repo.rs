@@ -131,6 +131,20 @@ thread_local! {
     };
 }
 
+/// Decompresses a zstd frame into `out`'s spare capacity with this thread's context.
+fn decompress(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress_to_buffer(frame, out),
+            None => Err(std::io::Error::other("no zstd context")),
+        }
+    })
+}
+
 fn cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).map_err(|e| Error::Crypto(format!("encoding: {e}")))?;
@@ -520,13 +534,15 @@ impl Repository {
         self.open_blob_owned(id, loc, sealed.to_vec())
     }
 
-    /// As [`open_blob`](Self::open_blob), decrypting in the buffer it is given.
-    fn open_blob_owned(
+    /// Opens a sealed blob where it lies (decrypting `sealed` in place) and checks its id;
+    /// returns the plaintext, in `sealed` or, when compressed, in `out`.
+    pub fn open_blob_in_place<'a>(
         &self,
         id: &BlobId,
         loc: &BlobLocation,
-        mut sealed: Vec<u8>,
-    ) -> Result<Vec<u8>> {
+        sealed: &'a mut [u8],
+        out: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
         let damaged = |what: &str| {
             Error::corrupt(
                 "pack",
@@ -537,32 +553,39 @@ impl Repository {
         let range = self
             .keys
             .sealer
-            .open_in_place(&blob_aad(loc.kind, loc.flags, id), &mut sealed)
+            .open_in_place(&blob_aad(loc.kind, loc.flags, id), sealed)
             .map_err(|_| damaged("fails authentication"))?;
-        let plain = if loc.compressed() {
-            let mut out = Vec::with_capacity(loc.raw_len as usize);
-            DECOMPRESSOR
-                .with(|cell| {
-                    let mut slot = cell.borrow_mut();
-                    if slot.is_none() {
-                        *slot = Some(zstd::bulk::Decompressor::new()?);
-                    }
-                    match slot.as_mut() {
-                        Some(d) => d.decompress_to_buffer(&sealed[range], &mut out),
-                        None => Err(std::io::Error::other("no zstd context")),
-                    }
-                })
+        let plain: &[u8] = if loc.compressed() {
+            out.clear();
+            out.reserve(loc.raw_len as usize);
+            decompress(&sealed[range], out)
                 .map_err(|e| damaged(&format!("does not decompress: {e}")))?;
             out
         } else {
-            sealed.copy_within(range.clone(), 0);
-            sealed.truncate(range.len());
-            sealed
+            &sealed[range]
         };
-        if plain.len() != loc.raw_len as usize || self.blob_id(&plain) != *id {
+        if plain.len() != loc.raw_len as usize || self.blob_id(plain) != *id {
             return Err(damaged("has the wrong content"));
         }
         Ok(plain)
+    }
+
+    /// As [`open_blob`](Self::open_blob), decrypting in the buffer it is given.
+    fn open_blob_owned(
+        &self,
+        id: &BlobId,
+        loc: &BlobLocation,
+        mut sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_blob_in_place(id, loc, &mut sealed, &mut out)?;
+        if loc.compressed() {
+            return Ok(out);
+        }
+        // The plaintext lies between the nonce and the tag, its length checked above.
+        sealed.drain(..crate::limits::NONCE_BYTES);
+        sealed.truncate(loc.raw_len as usize);
+        Ok(sealed)
     }
 
     /// Stores a tree and returns its id.

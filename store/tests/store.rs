@@ -86,10 +86,7 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
         repo.load_blob(BlobKind::Data, &ids[1]).expect("load"),
         random
     );
-    assert_eq!(
-        repo.load_blob(BlobKind::Data, &ids[2]).expect("load"),
-        half
-    );
+    assert_eq!(repo.load_blob(BlobKind::Data, &ids[2]).expect("load"), half);
     assert!(
         repo.check(CheckOptions { read_data: true })
             .expect("check")
