@@ -326,9 +326,13 @@ impl Ctx<'_> {
         prints: bool,
     ) -> podvault_store::Result<usize> {
         let (pieces, next) = self.plan(data, range, None);
-        let stored = self
-            .pool
-            .install(|| self.store_pieces(data, &pieces, prints));
+        // A small file is one chunk: store it on this thread rather than hand it over.
+        let stored = if pieces.len() > 1 {
+            self.pool
+                .install(|| self.store_pieces(data, &pieces, prints))
+        } else {
+            self.store_pieces(data, &pieces, prints)
+        };
         self.append(node, &pieces, stored, prints)?;
         Ok(next)
     }

@@ -29,6 +29,10 @@ const SNAPSHOT_AAD: &[u8] = b"podvault snapshot v1";
 /// uploaded packs indexed and a later run can reuse them.
 const INDEX_FLUSH_PACKS: usize = 32;
 
+/// An index file is also written once the packs waiting for one hold this many blobs, so
+/// that no index file is large to read (packs of small files hold thousands of blobs).
+const INDEX_FLUSH_BLOBS: usize = 64 * 1024;
+
 /// The repository's `config` file (plain JSON: it holds nothing secret).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -283,26 +287,30 @@ impl Repository {
         for (name, _) in self.backend.list(FileKind::Index)? {
             let file = self.read_index_file(&name)?;
             for pack in &file.packs {
-                let records = pack
-                    .records()
-                    .ok_or_else(|| Error::corrupt("index", name.clone(), "unknown blob kind"))?;
-                index.add_pack(pack.id, &records);
+                if !index.load_index_pack(pack) {
+                    return Err(Error::corrupt("index", name, "unknown blob kind"));
+                }
             }
         }
+        index.finish_loading();
         *self.index.write() = index;
         Ok(())
     }
 
     pub(crate) fn read_index_file(&self, name: &str) -> Result<IndexFile> {
-        let sealed = self.backend.read(FileKind::Index, name)?;
-        let plain = self.keys.sealer.open(INDEX_AAD, &sealed).map_err(|_| {
-            Error::corrupt(
-                "index",
-                name,
-                "fails authentication (damaged, or written with another key)",
-            )
-        })?;
-        uncbor(&plain, "index", name)
+        let mut sealed = self.backend.read(FileKind::Index, name)?;
+        let plain = self
+            .keys
+            .sealer
+            .open_in_place(INDEX_AAD, &mut sealed)
+            .map_err(|_| {
+                Error::corrupt(
+                    "index",
+                    name,
+                    "fails authentication (damaged, or written with another key)",
+                )
+            })?;
+        uncbor(&sealed[plain], "index", name)
     }
 
     /// Adds another password that opens the same master key; returns the new key's id.
@@ -475,7 +483,9 @@ impl Repository {
         let batch = {
             let mut unindexed = self.unindexed.lock();
             unindexed.push(IndexPack::from_records(id, &records));
-            (unindexed.len() >= INDEX_FLUSH_PACKS).then(|| std::mem::take(&mut *unindexed))
+            let blobs: usize = unindexed.iter().map(|p| p.blobs.len()).sum();
+            (unindexed.len() >= INDEX_FLUSH_PACKS || blobs >= INDEX_FLUSH_BLOBS)
+                .then(|| std::mem::take(&mut *unindexed))
         };
         if let Some(batch) = batch {
             self.write_index_file(batch)?;
