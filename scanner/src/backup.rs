@@ -406,6 +406,10 @@ impl Chunking for Ctx<'_> {
         self.repo.chunker().cut(data)
     }
 
+    fn is_cut(&self, data: &[u8], len: usize) -> bool {
+        self.repo.chunker().is_cut(data, len)
+    }
+
     fn print(&self, data: &[u8]) -> u128 {
         self.repo.fast_hasher().hash(data)
     }

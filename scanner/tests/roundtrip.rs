@@ -802,13 +802,22 @@ fn a_database_file_with_scattered_page_writes_takes_the_fast_path() {
     );
     assert!(s.bytes_new <= 12 * (256 << 10), "new {}", s.bytes_new);
 
-    // The same chunks as a full pass: fast-path and full-hash backups agree.
+    // A full pass cuts the same chunks, except where a rewritten page happens to hold an
+    // earlier cut point (the fast path keeps the old boundary there): nearly all chunks
+    // are shared.
     let mut o = BackupOptions::new(&src);
     o.full_hash = true;
     o.parent = ParentChoice::Id(first.id);
     let full = backup(&repo, &o).expect("full hash");
     assert_eq!(full.snapshot.summary.bytes_fast, 0);
-    assert_eq!(full.snapshot.tree, second.snapshot.tree);
+    let fast_ids = root_node(&repo, &second.snapshot, b"db").content;
+    let full_ids = root_node(&repo, &full.snapshot, b"db").content;
+    let shared = fast_ids.iter().filter(|id| full_ids.contains(id)).count();
+    assert!(
+        shared + 2 * 12 >= full_ids.len(),
+        "{shared} of {} chunks shared",
+        full_ids.len()
+    );
 
     assert_restores(&repo, &second.snapshot, tmp.path(), "db", &db);
 }

@@ -127,6 +127,40 @@ impl Chunker {
         n
     }
 
+    /// Whether [`Chunker::cut`] would accept `len` as the end of the chunk starting at
+    /// `data[0]` if it got that far: the hash of the bytes before the cut point meets the
+    /// mask for that position. (Whether an earlier position would be accepted first is not
+    /// checked: that is what makes this cheap.)
+    pub fn is_cut(&self, data: &[u8], len: usize) -> bool {
+        let p = &self.params;
+        let (min, avg, max) = (
+            p.min_bytes as usize,
+            p.avg_bytes as usize,
+            p.max_bytes as usize,
+        );
+        let remaining = data.len().min(max);
+        let center = avg.min(remaining) / 2 * 2;
+        let (first, end) = (min / 2 * 2, remaining / 2 * 2);
+        if data.len() <= min || len < first || len >= end {
+            return false;
+        }
+        // `cut_gear` hashes from `first` on, each step shifting older bytes out; the byte at
+        // the returned position is the one whose hash met the mask.
+        let from = first.max(len.saturating_sub(63));
+        let mut hash = 0u64;
+        for &b in &data[from..=len] {
+            hash = (hash << 1).wrapping_add(self.gear[b as usize]);
+        }
+        // cut_gear tests even positions against the mask shifted left by one; no FastCDC mask
+        // sets bit 63, so that is the same test.
+        let mask = if len < center {
+            self.mask_s
+        } else {
+            self.mask_l
+        };
+        hash & mask == 0
+    }
+
     /// Every chunk of a whole buffer, as (offset, length).
     pub fn chunks<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = (usize, usize)> + 'a {
         let mut pos = 0;
@@ -170,6 +204,19 @@ mod tests {
                 next += len;
             }
             prop_assert_eq!(next, data.len());
+        }
+
+        #[test]
+        fn every_cut_is_a_cut_point(data in proptest::collection::vec(any::<u8>(), 0..40_000), key in any::<[u8; 32]>()) {
+            let c = Chunker::new(small(), &key).expect("valid");
+            for (off, len) in c.chunks(&data) {
+                // A cut made by the mask (not by the maximum or the end of the data) is a
+                // cut point, and no earlier position is one.
+                if len < 4096 && off + len < data.len() {
+                    prop_assert!(c.is_cut(&data[off..], len), "{}+{}", off, len);
+                }
+                prop_assert!(!(0..len).any(|i| c.is_cut(&data[off..], i)), "{}+{}", off, len);
+            }
         }
 
         #[test]
