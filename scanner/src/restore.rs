@@ -69,8 +69,10 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Read requests made to packs (each pack a batch needs is read once, in runs).
+    /// Read requests made to packs.
     pub pack_reads: u64,
+    /// Bytes read from packs (each part of a pack is read at most once per batch).
+    pub pack_bytes_read: u64,
     /// Metadata that could not be applied (for example ownership when not root).
     pub warnings: Vec<String>,
 }
@@ -109,6 +111,9 @@ const BATCH_CHUNKS: usize = 16 * 1024;
 
 /// Blobs of a pack closer than this are fetched by one read (the gap is read and dropped).
 const READ_GAP_BYTES: u64 = 1024 * 1024;
+
+/// A pack's blobs are handed out in jobs of about this much content to write.
+const JOB_RAW_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Largest single read from a pack: a whole pack (closed at its target size, plus the
 /// blob that crossed it).
@@ -181,7 +186,11 @@ impl Shared<'_> {
                 .repo
                 .backend()
                 .read_range(FileKind::Pack, &name, start, end - start);
-            self.report.lock().pack_reads += 1;
+            {
+                let mut report = self.report.lock();
+                report.pack_reads += 1;
+                report.pack_bytes_read += end - start;
+            }
             match read {
                 Ok(mut buf) => {
                     for blob in &blobs[i..j] {
@@ -583,14 +592,36 @@ impl Walker<'_> {
             packs.entry(blob.loc.pack).or_default().push(blob);
         }
         self.batch_chunks = 0;
-        let mut jobs: Vec<PackJob> = packs
-            .into_iter()
-            .map(|(pack, mut blobs)| {
-                blobs.sort_by_key(|b| b.loc.offset);
-                PackJob { pack, blobs }
-            })
-            .collect();
-        jobs.sort_by_key(|j| j.pack);
+        // A pack's blobs in order, cut into jobs of about JOB_RAW_BYTES of content, so that a
+        // few packs of well-compressed data still keep every worker busy; the jobs of a pack
+        // read disjoint parts of it.
+        let mut jobs: Vec<PackJob> = Vec::new();
+        for (pack, mut blobs) in packs {
+            blobs.sort_by_key(|b| b.loc.offset);
+            let mut job = PackJob {
+                pack,
+                blobs: Vec::new(),
+            };
+            let mut raw = 0u64;
+            for blob in blobs {
+                raw += u64::from(blob.loc.raw_len) * blob.targets.len() as u64;
+                job.blobs.push(blob);
+                if raw >= JOB_RAW_BYTES {
+                    jobs.push(std::mem::replace(
+                        &mut job,
+                        PackJob {
+                            pack,
+                            blobs: Vec::new(),
+                        },
+                    ));
+                    raw = 0;
+                }
+            }
+            if !job.blobs.is_empty() {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by_key(|j| (j.pack, j.blobs.first().map(|b| b.loc.offset)));
         for job in jobs {
             if self.tx.send(job).is_err() {
                 break;
