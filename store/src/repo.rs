@@ -92,12 +92,33 @@ pub struct Repository {
 /// worth compressing.
 const PROBE_BYTES: usize = 32 * 1024;
 
-/// Whether a data chunk is not worth compressing: both a sample at its start and one in
-/// its middle fail to shrink by the minimum gain. Small chunks are always tried.
+/// Whether a chunk starts like a file that is compressed already (gzip, bzip2, xz, zstd,
+/// zip/jar/docx, PNG, JPEG, WebP, 7-Zip): those do not shrink, so zstd is not tried.
+fn is_compressed_format(data: &[u8]) -> bool {
+    const MAGIC: &[&[u8]] = &[
+        b"\x1f\x8b",
+        b"BZh",
+        b"\xfd7zXZ\x00",
+        b"\x28\xb5\x2f\xfd",
+        b"PK\x03\x04",
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff\xd8\xff",
+        b"7z\xbc\xaf\x27\x1c",
+    ];
+    MAGIC.iter().any(|m| data.starts_with(m))
+        || (data.len() >= 12 && data.starts_with(b"RIFF") && &data[8..12] == b"WEBP")
+}
+
+/// Whether a data chunk is not worth compressing: it starts like a compressed file, or both
+/// a sample at its start and one in its middle fail to shrink by the minimum gain. Other
+/// small chunks are always tried.
 fn looks_incompressible(
     compressor: &mut zstd::bulk::Compressor<'static>,
     data: &[u8],
 ) -> Result<bool> {
+    if is_compressed_format(data) {
+        return Ok(true);
+    }
     if data.len() < 8 * PROBE_BYTES {
         return Ok(false);
     }
@@ -118,8 +139,8 @@ fn looks_incompressible(
 /// and free megabytes per chunk (glibc then keeps freed buffers in per-thread arenas and
 /// resident memory grows with the number of threads).
 struct Scratch {
-    level: i32,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// One context per level in use (data and trees differ), kept, not re-created.
+    compressors: Vec<(i32, zstd::bulk::Compressor<'static>)>,
     compressed: Vec<u8>,
 }
 
@@ -128,8 +149,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static SCRATCH: std::cell::RefCell<Scratch> = const {
         std::cell::RefCell::new(Scratch {
-            level: 0,
-            compressor: None,
+            compressors: Vec::new(),
             compressed: Vec::new(),
         })
     };
@@ -415,14 +435,15 @@ impl Repository {
         let zstd_err = |e: std::io::Error| Error::Crypto(format!("zstd: {e}"));
         let (stored_bytes, full) = SCRATCH.with(|cell| -> Result<_> {
             let scratch = &mut *cell.borrow_mut();
-            if scratch.compressor.is_none() || scratch.level != level {
-                scratch.compressor = Some(zstd::bulk::Compressor::new(level).map_err(zstd_err)?);
-                scratch.level = level;
-            }
-            let compressor = scratch
-                .compressor
-                .as_mut()
-                .ok_or_else(|| Error::Crypto("zstd context".into()))?;
+            let at = match scratch.compressors.iter().position(|(l, _)| *l == level) {
+                Some(i) => i,
+                None => {
+                    let c = zstd::bulk::Compressor::new(level).map_err(zstd_err)?;
+                    scratch.compressors.push((level, c));
+                    scratch.compressors.len() - 1
+                }
+            };
+            let compressor = &mut scratch.compressors[at].1;
             let compress = kind == BlobKind::Tree || !looks_incompressible(compressor, data)?;
             let mut flags = 0;
             if compress {
