@@ -115,9 +115,9 @@ const READ_GAP_BYTES: u64 = 1024 * 1024;
 /// A pack's blobs are handed out in jobs of about this much content to write.
 const JOB_RAW_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Largest single read from a pack: a whole pack (closed at its target size, plus the
-/// blob that crossed it).
-const READ_MAX_BYTES: u64 = podvault_store::limits::PACK_TARGET_BYTES as u64 + 8 * 1024 * 1024;
+/// Largest single read from a pack (a pack's needed parts are read in runs of at most
+/// this, each byte once): bounds the memory of each worker.
+const READ_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What the restore workers share.
 struct Shared<'a> {
