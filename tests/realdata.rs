@@ -150,18 +150,13 @@ fn pg_query(data: &Path, sql: &str) -> String {
         c
     };
     let data_s = data.to_str().expect("utf-8");
-    sh(&mut as_pg(&[
-        &format!("{PG_BIN}/pg_ctl"),
-        "-D",
-        data_s,
-        "-s",
-        "-w",
-        "-l",
-        log.to_str().expect("utf-8"),
-        "-o",
-        &opts,
-        "start",
-    ]));
+    let pg_ctl_bin = format!("{PG_BIN}/pg_ctl");
+    let pg_ctl = |args: &[&str]| {
+        let mut all = vec![pg_ctl_bin.as_str(), "-D", data_s, "-s", "-w"];
+        all.extend_from_slice(args);
+        sh(&mut as_pg(&all));
+    };
+    pg_ctl(&["-l", log.to_str().expect("utf-8"), "-o", &opts, "start"]);
     let answer = as_pg(&[
         "psql",
         "-h",
@@ -174,16 +169,7 @@ fn pg_query(data: &Path, sql: &str) -> String {
     ])
     .output()
     .expect("psql");
-    sh(&mut as_pg(&[
-        &format!("{PG_BIN}/pg_ctl"),
-        "-D",
-        data_s,
-        "-s",
-        "-w",
-        "-m",
-        "fast",
-        "stop",
-    ]));
+    pg_ctl(&["-m", "fast", "stop"]);
     assert!(
         answer.status.success(),
         "{}",

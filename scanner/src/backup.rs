@@ -38,6 +38,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fastpath::{self, Chunking, Cursor, OldChunks, Piece};
+use crate::is_zero;
 use crate::mapped::GuardedMap;
 use crate::meta::{self, Names};
 use crate::progress::Progress;
@@ -417,12 +418,6 @@ impl Chunking for Ctx<'_> {
     fn has(&self, id: &BlobId) -> bool {
         self.repo.has_blob(id)
     }
-}
-
-/// Whether every byte is zero (checked in blocks the compiler vectorises).
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096)
-        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Where a finished node goes: a slot of its directory, or the snapshot's root.

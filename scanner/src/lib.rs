@@ -35,3 +35,11 @@ pub use restore::{RestoreOptions, RestoreReport, restore};
 
 /// Files at least this large are read through a memory map; smaller ones with `read`.
 pub const MMAP_MIN_BYTES: u64 = 1024 * 1024;
+
+/// Whether every byte is zero (16-byte blocks folded so the compiler vectorises, stopping
+/// at the first non-zero block).
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(16);
+    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}

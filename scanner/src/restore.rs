@@ -30,6 +30,7 @@ use podvault_store::{
 };
 
 use crate::error::{Error, Result};
+use crate::is_zero;
 use crate::meta;
 use crate::progress::Progress;
 
@@ -691,10 +692,4 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
         written += (data.len() - start) as u64;
     }
     Ok(written)
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    let mut words = data.chunks_exact(16);
-    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0)
-        && words.remainder().iter().all(|&b| b == 0)
 }
