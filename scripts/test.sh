@@ -18,6 +18,9 @@ need_apt() { # need_apt COMMAND PACKAGE...
 need_apt pgbench postgresql-contrib
 need_apt runuser util-linux
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is required (Rust 1.95)" >&2; exit 1; }
+# A real S3 server for the store's tests (started by each test on a random loopback port).
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+command -v s3s-fs >/dev/null 2>&1 || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

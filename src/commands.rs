@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use podvault_scanner::{BackupOptions, ParentChoice, Progress, RestoreOptions};
 use podvault_store::{
-    Backend, CheckOptions, ChunkerParams, DirBackend, InitOptions, KdfParams, Repository,
+    Backend, CheckOptions, ChunkerParams, InitOptions, KdfParams, Repository, S3Options,
+    open_backend,
 };
 
 use crate::output::{self, ProgressBar};
@@ -18,11 +19,22 @@ use crate::{Global, InitArgs, KeyCommand, RepoCommand, SnapshotCommand};
 const EXIT_PARTIAL: u8 = 3;
 
 fn backend(global: &Global) -> Result<Arc<dyn Backend>> {
-    let path = global
+    let spec = global
         .repo
-        .as_ref()
-        .ok_or_else(|| anyhow!("no repository given: use --repo PATH or set PODVAULT_REPO"))?;
-    Ok(Arc::new(DirBackend::new(path)))
+        .as_deref()
+        .ok_or_else(|| anyhow!("no repository given: use --repo LOCATION or set PODVAULT_REPO"))?;
+    if spec.is_empty() {
+        bail!("the repository location is empty");
+    }
+    let options = S3Options {
+        endpoint: global.s3_endpoint.clone(),
+        region: global.s3_region.clone(),
+        path_style: global.s3_path_style,
+        max_attempts: global.s3_max_attempts.max(1),
+        attempt_timeout: std::time::Duration::from_secs(global.s3_timeout.max(1)),
+        ..S3Options::default()
+    };
+    Ok(open_backend(spec, &options)?)
 }
 
 /// Reads the first line of a password file.
@@ -78,9 +90,15 @@ fn open(global: &Global) -> Result<Repository> {
 pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
     match cmd {
         RepoCommand::Init(args) => init(global, args),
-        RepoCommand::Check { read_data } => {
+        RepoCommand::Check {
+            read_data,
+            read_data_subset,
+        } => {
             let repo = open(global)?;
-            let report = repo.check(CheckOptions { read_data })?;
+            let report = repo.check(CheckOptions {
+                read_data,
+                read_data_subset,
+            })?;
             if global.json {
                 output::json(&report)?;
             } else {

@@ -29,9 +29,26 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a directory).
-    #[arg(long, global = true, env = "PODVAULT_REPO", value_name = "PATH")]
-    repo: Option<PathBuf>,
+    /// Repository location: a directory, or `s3:BUCKET/PREFIX` (also `s3://BUCKET/PREFIX`).
+    /// S3 credentials come from the usual AWS variables, profiles and roles.
+    #[arg(long, global = true, env = "PODVAULT_REPO", value_name = "LOCATION")]
+    repo: Option<String>,
+    /// S3 endpoint URL, for stores other than AWS (MinIO, Ceph, Garage); AWS_ENDPOINT_URL
+    /// works too.
+    #[arg(long, global = true, env = "PODVAULT_S3_ENDPOINT", value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, the profile's, or us-east-1).
+    #[arg(long, global = true, env = "PODVAULT_S3_REGION", value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Address buckets by path (`endpoint/bucket/key`), as most self-hosted stores need.
+    #[arg(long, global = true, env = "PODVAULT_S3_PATH_STYLE")]
+    s3_path_style: bool,
+    /// Attempts per S3 request before giving up (retries back off exponentially).
+    #[arg(long, global = true, env = "AWS_MAX_ATTEMPTS", default_value_t = podvault_store::S3Options::default().max_attempts)]
+    s3_max_attempts: u32,
+    /// Seconds one S3 request may take (plus 2 s per MiB moved) before it is retried.
+    #[arg(long, global = true, env = "PODVAULT_S3_TIMEOUT", default_value_t = 60)]
+    s3_timeout: u64,
     /// Read the repository password from this file (first line).
     #[arg(
         long,
@@ -67,6 +84,10 @@ pub enum RepoCommand {
         /// Read, authenticate and verify every blob of every pack.
         #[arg(long)]
         read_data: bool,
+        /// With --read-data, read only this share of the packs, chosen at random each run
+        /// (`10%` or `10`).
+        #[arg(long, value_name = "N%", value_parser = parse_percent, requires = "read_data")]
+        read_data_subset: Option<f64>,
     },
     /// Manage the passwords that open the repository.
     #[command(subcommand)]
@@ -157,6 +178,16 @@ pub struct RestoreArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.strip_suffix('%').unwrap_or(text).trim();
+    match number.parse::<f64>() {
+        Ok(n) if (0.0..=100.0).contains(&n) && n > 0.0 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a percentage above 0 and at most 100"
+        )),
+    }
 }
 
 fn init_tracing(verbose: u8) {

@@ -377,7 +377,10 @@ proptest! {
         let out = tmp.path().join("out");
         restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
         assert_same_tree(&src, &out);
-        let check = repo.check(podvault_store::CheckOptions { read_data: true }).expect("check");
+        let check = repo.check(podvault_store::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        }).expect("check");
         prop_assert!(check.is_ok(), "{:?}", check.problems);
     }
 }

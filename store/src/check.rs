@@ -11,6 +11,9 @@ use crate::{BlobId, BlobKind, NodeKind, PackId, Repository, SnapshotId, TreeId};
 pub struct CheckOptions {
     /// Read every pack, authenticate and verify every blob.
     pub read_data: bool,
+    /// With `read_data`, read only this percentage (0 to 100) of the packs, chosen at
+    /// random each run, so that repeated checks cover everything over time.
+    pub read_data_subset: Option<f64>,
 }
 
 /// One problem found.
@@ -37,6 +40,8 @@ pub struct CheckReport {
     pub blobs: usize,
     /// Blobs read and verified (with `read_data`).
     pub blobs_read: usize,
+    /// Packs read (with `read_data`).
+    pub packs_read: usize,
     /// Packs present but not indexed (left by an interrupted backup; harmless).
     pub unindexed_packs: usize,
     /// Everything wrong.
@@ -110,11 +115,22 @@ impl Repository {
         }
 
         if options.read_data {
+            let mut seed = [0u8; 8];
+            crate::crypto::random_bytes(&mut seed)?;
+            let seed = u64::from_le_bytes(seed);
+            let share = options.read_data_subset.unwrap_or(100.0).clamp(0.0, 100.0);
             for pack in &indexed {
                 let name = pack.to_hex();
                 if !present.contains_key(&name) {
                     continue;
                 }
+                let mut head = [0u8; 8];
+                head.copy_from_slice(&pack.as_bytes()[..8]);
+                let draw = (u64::from_le_bytes(head) ^ seed) % 1_000_000;
+                if (draw as f64) >= share * 10_000.0 {
+                    continue;
+                }
+                report.packs_read += 1;
                 let mut damage: Vec<String> = Vec::new();
                 let mut damaged_ids: Vec<BlobId> = Vec::new();
                 match self.backend().read(FileKind::Pack, &name) {

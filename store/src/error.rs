@@ -48,6 +48,15 @@ pub enum Error {
     /// A parameter is out of range.
     #[error("invalid {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
+    /// A request to an object store failed (after retries, if it could pass).
+    #[error("S3 {op} s3://{bucket}/{key} failed: {message}")]
+    Remote {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+        transient: bool,
+    },
     /// The operating system's random source or a crypto primitive failed.
     #[error("cryptography failed: {0}")]
     Crypto(String),
@@ -85,6 +94,7 @@ impl Error {
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
             ),
+            Error::Remote { transient, .. } => *transient,
             _ => false,
         }
     }

@@ -31,6 +31,7 @@ mod index;
 pub mod limits;
 mod pack;
 mod repo;
+mod s3;
 mod snapshot;
 mod tree;
 
@@ -43,6 +44,7 @@ pub use fasthash::FastHasher;
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId, TreeId};
 pub use index::BlobLocation;
 pub use repo::{Config, InitOptions, Repository, SaveOutcome};
+pub use s3::{S3Backend, S3Options, open_backend, parse_s3_location};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{ChunkPrint, Node, NodeKind, PRINT_BYTES, Tree, Xattr};
 

@@ -8,6 +8,7 @@ use podvault_store::{
     Backend, BlobKind, CheckOptions, Chunker, ChunkerParams, DirBackend, Error, FileKind,
     InitOptions, KdfParams, Repository,
 };
+use podvault_testkit::Place;
 
 fn fast() -> InitOptions {
     InitOptions {
@@ -41,8 +42,13 @@ fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
 #[test]
 fn blobs_round_trip_across_reopen_and_deduplicate() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let path = tmp.path().join("repo");
-    let repo = Repository::init(backend(&path), b"pw", &fast()).expect("init");
+    for place in Place::both(tmp.path()) {
+        round_trip(&place);
+    }
+}
+
+fn round_trip(place: &Place) {
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
     let compressible = b"abc".repeat(100_000);
     let random = pseudo_random(1, 300_000);
     // Random at the start, compressible from the middle on: the probe of the middle sees it.
@@ -84,7 +90,7 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
         "a compressed format is stored as it is"
     );
     drop(repo);
-    let repo = Repository::open(backend(&path), b"pw").expect("open");
+    let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
     assert_eq!(
         repo.load_blob(BlobKind::Data, &ids[0]).expect("load"),
         compressible
@@ -95,24 +101,33 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
     );
     assert_eq!(repo.load_blob(BlobKind::Data, &ids[2]).expect("load"), half);
     assert!(
-        repo.check(CheckOptions { read_data: true })
-            .expect("check")
-            .is_ok()
+        repo.check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .expect("check")
+        .is_ok()
     );
 }
 
 #[test]
 fn wrong_password_and_second_key() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let path = tmp.path().join("repo");
-    let repo = Repository::init(backend(&path), b"first", &fast()).expect("init");
-    let err = Repository::open(backend(&path), b"nope")
+    for place in Place::both(tmp.path()) {
+        keys(&place);
+    }
+}
+
+fn keys(place: &Place) {
+    let backend = || place.backend.clone();
+    let repo = Repository::init(backend(), b"first", &fast()).expect("init");
+    let err = Repository::open(backend(), b"nope")
         .err()
         .expect("wrong password fails");
     assert!(matches!(err, Error::WrongPassword { keys: 1, .. }), "{err}");
     assert!(err.to_string().contains("wrong password"), "{err}");
     repo.add_key(b"second").expect("add key");
-    let by_second = Repository::open(backend(&path), b"second").expect("second opens");
+    let by_second = Repository::open(backend(), b"second").expect("second opens");
     assert_eq!(by_second.config().id, repo.config().id);
     assert_eq!(
         by_second.blob_id(b"x"),
@@ -155,14 +170,20 @@ fn missing_and_foreign_locations_are_not_repositories() {
 #[test]
 fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let path = tmp.path().join("repo");
-    let repo = Repository::init(backend(&path), b"pw", &fast()).expect("init");
+    for place in Place::both(tmp.path()) {
+        flipped_byte(&place);
+    }
+}
+
+fn flipped_byte(place: &Place) {
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
     let data = pseudo_random(2, 50_000);
     let id = repo.blob_id(&data);
     repo.save_blob(BlobKind::Data, id, &data).expect("save");
     repo.flush().expect("flush");
     let loc = repo.locate(&id).expect("indexed");
-    let pack_path = path
+    let pack_path = place
+        .files
         .join("data")
         .join(&loc.pack.to_hex()[..2])
         .join(loc.pack.to_hex());
@@ -171,7 +192,12 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
     fs::write(&pack_path, &bytes).expect("write");
     let err = repo.load_blob(BlobKind::Data, &id).expect_err("damaged");
     assert!(err.to_string().contains(&loc.pack.to_hex()), "{err}");
-    let report = repo.check(CheckOptions { read_data: true }).expect("check");
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .expect("check");
     assert!(!report.is_ok());
     assert!(
         report.problems[0].object.contains(&loc.pack.to_hex()),
@@ -183,18 +209,24 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
 }
 
 /// A repository holding one flushed blob, and that blob's id.
-fn repo_with_one_blob() -> (tempfile::TempDir, Repository, podvault_store::BlobId) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let repo = Repository::init(backend(&tmp.path().join("repo")), b"pw", &fast()).expect("init");
+fn repo_with_one_blob(place: &Place) -> (Repository, podvault_store::BlobId) {
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
     let id = repo.blob_id(b"x");
     repo.save_blob(BlobKind::Data, id, b"x").expect("save");
     repo.flush().expect("flush");
-    (tmp, repo, id)
+    (repo, id)
 }
 
 #[test]
 fn a_missing_pack_is_a_check_error() {
-    let (_tmp, repo, id) = repo_with_one_blob();
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        missing_pack(&place);
+    }
+}
+
+fn missing_pack(place: &Place) {
+    let (repo, id) = repo_with_one_blob(place);
     let pack = repo.locate(&id).expect("indexed").pack;
     repo.backend()
         .delete(FileKind::Pack, &pack.to_hex())
@@ -208,15 +240,21 @@ fn a_missing_pack_is_a_check_error() {
 fn interrupted_writes_leave_only_unreferenced_data() {
     // Packs are written before the index that lists them: a pack without an index entry is
     // what an interruption leaves, and check reports it as harmless.
-    let (tmp, repo, _id) = repo_with_one_blob();
-    let path = tmp.path().join("repo");
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        interrupted(&place);
+    }
+}
+
+fn interrupted(place: &Place) {
+    let (repo, _id) = repo_with_one_blob(place);
     for (name, _) in repo.backend().list(FileKind::Index).expect("list") {
         repo.backend()
             .delete(FileKind::Index, &name)
             .expect("delete");
     }
-    fs::write(path.join("index").join(".tmp-partial"), b"half").expect("temp file");
-    let repo = Repository::open(backend(&path), b"pw").expect("open");
+    fs::write(place.file("index/.tmp-partial"), b"half").expect("temp file");
+    let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
     let report = repo.check(CheckOptions::default()).expect("check");
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.unindexed_packs, 1);

@@ -1,0 +1,228 @@
+//! Test support: a real S3 server (s3s-fs) on loopback with random port and credentials,
+//! the places a test repository can live (a directory, or a prefix of that server's bucket),
+//! and a fault-injecting HTTP proxy to put between podvault and the server.
+//!
+//! s3s-fs is installed by the test command (`scripts/test.sh`); a missing binary fails the
+//! test with the command that installs it.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use podvault_store::{Backend, DirBackend, S3Backend, S3Options};
+
+mod proxy;
+pub use proxy::{FaultKind, FaultProxy, FaultStats};
+
+/// The bucket every test server holds.
+pub const BUCKET: &str = "podvault-test";
+
+fn random_hex(bytes: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    while out.len() < bytes * 2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+/// Where the s3s-fs binary is: `$S3S_FS`, else `s3s-fs` on the path, else cargo's bin dir.
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("S3S_FS") {
+        return PathBuf::from(p);
+    }
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&paths)
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .unwrap_or_default();
+        home.join("bin").join("s3s-fs")
+    })
+}
+
+/// An s3s-fs process serving one bucket from a temporary directory; killed on drop.
+pub struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The access key id the server accepts.
+    pub access_key: String,
+    /// The secret key the server accepts.
+    pub secret_key: String,
+}
+
+impl S3Server {
+    /// Starts a server on a free port of 127.0.0.1 with random credentials.
+    pub fn start() -> S3Server {
+        let binary = s3s_fs_binary();
+        assert!(
+            binary.is_file(),
+            "s3s-fs not found at {}: install it with `cargo install s3s-fs --version 0.14.1 \
+             --features binary --locked` (scripts/test.sh does)",
+            binary.display()
+        );
+        let root = tempfile::tempdir().expect("temporary directory for s3s-fs");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket directory");
+        let access_key = format!("AK{}", random_hex(8)).to_uppercase();
+        let secret_key = random_hex(20);
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(root.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start s3s-fs");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the port to someone else: try another
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return S3Server {
+                        child,
+                        root,
+                        endpoint: format!("http://{addr}"),
+                        access_key,
+                        secret_key,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("s3s-fs did not start listening on 127.0.0.1");
+    }
+
+    /// The directory holding the bucket's objects as files (`<root>/<bucket>/<key>`).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(BUCKET)
+    }
+
+    /// Options that reach this server (or `endpoint`, such as a proxy in front of it),
+    /// with short timeouts and delays so fault tests run quickly.
+    pub fn options_via(&self, endpoint: &str) -> S3Options {
+        S3Options {
+            endpoint: Some(endpoint.to_string()),
+            region: Some("us-east-1".into()),
+            path_style: true,
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            max_attempts: 10,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(400),
+            attempt_timeout: Duration::from_secs(5),
+            timeout_per_mib: Duration::from_millis(500),
+            ..S3Options::default()
+        }
+    }
+
+    /// A backend for `prefix` of the test bucket.
+    pub fn backend(&self, prefix: &str) -> Arc<dyn Backend> {
+        Arc::new(
+            S3Backend::new(BUCKET, prefix, self.options_via(&self.endpoint)).expect("S3 backend"),
+        )
+    }
+
+    /// Environment for a `podvault` process to reach this server (or `endpoint`).
+    pub fn env_via(&self, endpoint: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("PODVAULT_S3_ENDPOINT".into(), endpoint.to_string()),
+            ("PODVAULT_S3_PATH_STYLE".into(), "true".into()),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a test repository lives: a local directory or a prefix of a test S3 bucket.
+pub struct Place {
+    /// "dir" or "s3", for assertion messages.
+    pub name: &'static str,
+    /// The backend to open the repository with.
+    pub backend: Arc<dyn Backend>,
+    /// The repository's files on disk (for tests that damage them): the directory itself,
+    /// or the prefix's folder inside s3s-fs's bucket directory.
+    pub files: PathBuf,
+    /// The `--repo` argument naming it.
+    pub spec: String,
+    /// Environment a `podvault` process needs to reach it.
+    pub env: Vec<(String, String)>,
+    /// The server, kept alive as long as the place.
+    pub server: Option<Arc<S3Server>>,
+}
+
+static PREFIXES: AtomicU64 = AtomicU64::new(0);
+
+impl Place {
+    /// A repository directory `name` under `tmp` (not created).
+    pub fn dir(tmp: &Path, name: &str) -> Place {
+        let path = tmp.join(name);
+        Place {
+            name: "dir",
+            backend: Arc::new(DirBackend::new(&path)),
+            files: path.clone(),
+            spec: path.display().to_string(),
+            env: Vec::new(),
+            server: None,
+        }
+    }
+
+    /// A fresh prefix of `server`'s bucket.
+    pub fn s3(server: &Arc<S3Server>) -> Place {
+        let prefix = format!(
+            "repo-{}-{}",
+            std::process::id(),
+            PREFIXES.fetch_add(1, Ordering::Relaxed)
+        );
+        Place {
+            name: "s3",
+            backend: server.backend(&prefix),
+            files: server.bucket_dir().join(&prefix),
+            spec: format!("s3://{BUCKET}/{prefix}"),
+            env: server.env_via(&server.endpoint),
+            server: Some(server.clone()),
+        }
+    }
+
+    /// Both places, each with its own repository: a directory under `tmp` and a prefix of
+    /// a new S3 server.
+    pub fn both(tmp: &Path) -> Vec<Place> {
+        let server = Arc::new(S3Server::start());
+        vec![Place::dir(tmp, "repo"), Place::s3(&server)]
+    }
+
+    /// The file of a repository object, as the backend lays it out.
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.files.join(relative)
+    }
+}
