@@ -8,12 +8,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use podvault_scanner::{BackupOptions, ParentChoice, Progress, RestoreOptions};
 use podvault_store::{
-    Backend, CheckOptions, ChunkerParams, InitOptions, KdfParams, Repository, S3Options,
-    open_backend,
+    Access, Backend, CheckOptions, ChunkerParams, InitOptions, KdfParams, KeepPolicy, PruneOptions,
+    PruneReport, Repository, S3Options, Session, apply_policy, open_backend,
 };
 
 use crate::output::{self, ProgressBar};
-use crate::{Global, InitArgs, KeyCommand, RepoCommand, SnapshotCommand};
+use crate::{
+    ForgetArgs, Global, InitArgs, KeyCommand, RepairCommand, RepoCommand, SnapshotCommand,
+};
 
 /// Exit code when a snapshot was saved but some files could not be read.
 const EXIT_PARTIAL: u8 = 3;
@@ -87,6 +89,59 @@ fn open(global: &Global) -> Result<Repository> {
     Ok(Repository::open(backend, &password)?)
 }
 
+/// Opens the repository for a command that reads or writes data while others may run
+/// (see FORMAT.md, "Concurrency"); the session lasts as long as the returned value.
+fn open_session(global: &Global, command: &str, access: Access) -> Result<(Repository, Session)> {
+    let backend = backend(global)?;
+    Repository::read_config(backend.as_ref())?;
+    let password = password(global, false)?;
+    Ok(Repository::open_session(
+        backend, &password, command, access,
+    )?)
+}
+
+fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
+    if global.json {
+        return output::json(report);
+    }
+    let verb = if report.dry_run { "would " } else { "" };
+    println!(
+        "{} snapshots use the data; {} packs examined: {} unused, {} mostly unused",
+        report.snapshots, report.packs, report.packs_unused, report.packs_repacked
+    );
+    println!(
+        "{verb}repack {} blobs ({}); {verb}mark {} packs for deletion",
+        report.blobs_repacked,
+        output::bytes(report.bytes_repacked),
+        report.packs_marked
+    );
+    if !report.dry_run {
+        println!(
+            "deleted {} packs, freeing {}; kept {} marked packs still in use; rewrote {} index files",
+            report.packs_deleted,
+            output::bytes(report.bytes_freed),
+            report.packs_rescued,
+            report.index_files_rewritten
+        );
+    }
+    if !report.waiting_for.is_empty() {
+        println!(
+            "some deletions wait for {} running sessions to end ({}); run prune again later",
+            report.waiting_for.len(),
+            report.waiting_for.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn new_password(file: Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+    match file {
+        Some(f) => read_password_file(&f),
+        None if std::io::stdin().is_terminal() => prompt("new password: ", true),
+        None => bail!("no new password: use --new-password-file FILE (no terminal to ask on)"),
+    }
+}
+
 pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
     match cmd {
         RepoCommand::Init(args) => init(global, args),
@@ -94,7 +149,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             read_data,
             read_data_subset,
         } => {
-            let repo = open(global)?;
+            let (repo, _session) = open_session(global, "check", Access::Read)?;
             let report = repo.check(CheckOptions {
                 read_data,
                 read_data_subset,
@@ -112,20 +167,97 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
         }
         RepoCommand::Key(KeyCommand::Add { new_password_file }) => {
             let repo = open(global)?;
-            let new = match new_password_file {
-                Some(f) => read_password_file(&f)?,
-                None if std::io::stdin().is_terminal() => prompt("new password: ", true)?,
-                None => {
-                    bail!("no new password: use --new-password-file FILE (no terminal to ask on)")
-                }
-            };
-            let id = repo.add_key(&new)?;
+            let id = repo.add_key(&new_password(new_password_file)?)?;
             if global.json {
                 output::json(&serde_json::json!({ "key": id.to_hex() }))?;
             } else {
                 println!("added key {}", id.short());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Key(KeyCommand::List) => {
+            let repo = open(global)?;
+            let keys = repo.keys()?;
+            if global.json {
+                output::json(&keys)?;
+            } else {
+                println!(" {:<10} {:<20} {:<20} user", "id", "created", "host");
+                for k in &keys {
+                    println!(
+                        "{}{:<10} {:<20} {:<20} {}",
+                        if k.current { "*" } else { " " },
+                        &k.id[..8],
+                        k.created.format("%Y-%m-%d %H:%M:%S"),
+                        k.host,
+                        k.username
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Key(KeyCommand::Remove { id }) => {
+            let repo = open(global)?;
+            let removed = repo.remove_key(&id)?;
+            if global.json {
+                output::json(&serde_json::json!({ "removed": removed }))?;
+            } else {
+                println!("removed key {}", &removed[..8]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Key(KeyCommand::Passwd { new_password_file }) => {
+            let repo = open(global)?;
+            let id = repo.change_password(&new_password(new_password_file)?)?;
+            if global.json {
+                output::json(&serde_json::json!({ "key": id.to_hex() }))?;
+            } else {
+                println!(
+                    "password changed: key {} replaces {}",
+                    id.short(),
+                    repo.key_id().short()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Prune {
+            repack_below,
+            dry_run,
+        } => {
+            let (repo, session) = open_session(global, "prune", Access::Write)?;
+            let report = repo.prune(
+                &session,
+                PruneOptions {
+                    repack_below: repack_below / 100.0,
+                    dry_run,
+                },
+            )?;
+            print_prune(global, &report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Repair(RepairCommand::Index) => {
+            let backend = backend(global)?;
+            Repository::read_config(backend.as_ref())?;
+            let (repo, _session) = Repository::open_for_repair(backend, &password(global, false)?)?;
+            let report = repo.repair_index()?;
+            if global.json {
+                output::json(&report)?;
+            } else {
+                println!(
+                    "indexed {} blobs of {} packs in {} new index files (replacing {})",
+                    report.blobs,
+                    report.packs,
+                    report.index_files_written,
+                    report.index_files_removed
+                );
+                for d in &report.damaged {
+                    println!("damaged, left out: {d}");
+                }
+            }
+            Ok(if report.damaged.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -166,7 +298,7 @@ fn init(global: &Global, args: InitArgs) -> Result<ExitCode> {
 pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
     match cmd {
         SnapshotCommand::Create(args) => {
-            let mut repo = open(global)?;
+            let (mut repo, _session) = open_session(global, "backup", Access::Write)?;
             repo.set_zstd_level(args.compression_level)?;
             let mut options = BackupOptions::new(&args.dir);
             options.tags = args.tags;
@@ -236,7 +368,7 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SnapshotCommand::Restore(args) => {
-            let repo = open(global)?;
+            let (repo, _session) = open_session(global, "restore", Access::Read)?;
             let (id, snap) = repo.find_snapshot(&args.id)?;
             let mut options = RestoreOptions::new(&args.target);
             options.overwrite = args.overwrite;
@@ -281,5 +413,89 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        SnapshotCommand::Forget(args) => forget(global, args),
     }
+}
+
+fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let policy = KeepPolicy {
+        last: args.keep_last,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        tags: args.keep_tags,
+    };
+    let all = repo.snapshots()?;
+    let mut doomed: Vec<(podvault_store::SnapshotId, Vec<&'static str>)> = Vec::new();
+    let mut kept = Vec::new();
+    if !args.ids.is_empty() {
+        if !policy.is_empty() {
+            bail!("give snapshot ids or --keep-* rules, not both");
+        }
+        for reference in &args.ids {
+            doomed.push((repo.find_snapshot(reference)?.0, vec![]));
+        }
+    } else {
+        if policy.is_empty() {
+            bail!(
+                "no snapshot ids and no --keep-* rule: refusing to forget every snapshot \
+                 (give --keep-last 1 or more, or the ids to forget)"
+            );
+        }
+        let chosen: Vec<_> = all
+            .into_iter()
+            .filter(|(_, s)| args.host.as_ref().is_none_or(|h| &s.host == h))
+            .filter(|(_, s)| args.source.as_ref().is_none_or(|p| &s.source == p))
+            .filter(|(_, s)| args.tags.iter().all(|t| s.tags.contains(t)))
+            .collect();
+        for d in apply_policy(&chosen, &policy) {
+            if d.keep {
+                kept.push((d.id, d.reasons));
+            } else {
+                doomed.push((d.id, d.reasons));
+            }
+        }
+    }
+    if !args.dry_run {
+        for (id, _) in &doomed {
+            repo.remove_snapshot(id)?;
+        }
+    }
+    if global.json {
+        output::json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "removed": doomed.iter().map(|(id, _)| id.to_hex()).collect::<Vec<_>>(),
+            "kept": kept.iter().map(|(id, r)| serde_json::json!({"id": id.to_hex(), "reasons": r})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for (id, reasons) in &kept {
+            println!("keep   {}  ({})", id.short(), reasons.join(", "));
+        }
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "remove"
+        };
+        for (id, _) in &doomed {
+            println!("{verb} {}", id.short());
+        }
+        println!(
+            "{} snapshots kept, {} {}",
+            kept.len(),
+            doomed.len(),
+            if args.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        );
+    }
+    if args.prune && !args.dry_run {
+        drop(repo);
+        let (repo, session) = open_session(global, "prune", Access::Write)?;
+        let report = repo.prune(&session, PruneOptions::default())?;
+        print_prune(global, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

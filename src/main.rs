@@ -92,10 +92,42 @@ pub enum RepoCommand {
     /// Manage the passwords that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Remove data no snapshot uses, repacking packs that are mostly garbage. Safe while
+    /// backups run: packs are deleted only once no session that might use them remains.
+    Prune {
+        /// Repack packs of which less than this percentage is in use.
+        #[arg(long, value_name = "N%", value_parser = parse_percent, default_value = "50")]
+        repack_below: f64,
+        /// Report what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Repair damaged repository metadata.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs' own headers, replacing every index file.
+    Index,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
+    /// List the keys (the one used now is starred).
+    List,
+    /// Remove a key by id (a unique prefix); not the last one, nor the one used now.
+    Remove {
+        /// Key id or a unique prefix of at least 4 hex digits.
+        id: String,
+    },
+    /// Change the password: add a key for the new password, remove the one used now.
+    Passwd {
+        /// Read the new password from this file (else prompt).
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
     /// Add a password that opens the same repository.
     Add {
         /// Read the new password from this file (else prompt).
@@ -136,6 +168,44 @@ pub enum SnapshotCommand {
     },
     /// Restore a snapshot into a directory.
     Restore(RestoreArgs),
+    /// Remove snapshots by id, or all but those retention rules keep (per host and source).
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or unique prefixes); or give --keep-* rules.
+    ids: Vec<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_last: usize,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_daily: usize,
+    /// Keep the newest snapshot of each of the last N weeks that have one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_weekly: usize,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_monthly: usize,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Only consider snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only consider snapshots of this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only consider snapshots of this source directory.
+    #[arg(long)]
+    source: Option<String>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    prune: bool,
 }
 
 #[derive(Args, Debug)]
@@ -212,12 +282,15 @@ fn init_tracing(verbose: u8) {
 /// copy backup 96 -> 76 MiB peak RSS, no slower).
 #[allow(unsafe_code)]
 fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator parameters; it is called before any other
-    // thread exists. A refused setting (return 0) leaves glibc's defaults, which are
-    // correct, only hungrier.
+    // SAFETY: mallopt only changes allocator parameters and signal() restores a default
+    // disposition; both are called before any other thread exists. A refused setting
+    // leaves glibc's defaults, which are correct, only hungrier.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Like other command-line tools, end quietly when the reader of our output goes
+        // away (`podvault snapshot ls | head`) instead of failing to print.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

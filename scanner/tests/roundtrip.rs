@@ -569,29 +569,7 @@ fn snapshot_with(repo: &Repository, nodes: Vec<Node>) -> Snapshot {
 }
 
 fn plain_node(name: &[u8], kind: NodeKind) -> Node {
-    Node {
-        name: name.to_vec(),
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        user: None,
-        group: None,
-        mtime: 0,
-        mtime_nsec: 0,
-        ctime: 0,
-        ctime_nsec: 0,
-        size: 0,
-        inode: 0,
-        device: 0,
-        links: 1,
-        rdev: 0,
-        content: vec![],
-        subtree: None,
-        link_target: None,
-        xattrs: vec![],
-        prints: vec![],
-    }
+    Node::plain(name, kind)
 }
 
 #[test]

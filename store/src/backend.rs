@@ -22,6 +22,10 @@ pub enum FileKind {
     Index,
     /// `snapshots/<id>`.
     Snapshot,
+    /// `sessions/<id>`: a process working on the repository now (see FORMAT.md).
+    Session,
+    /// `deletions/<id>`: packs a prune marked for deletion (see FORMAT.md).
+    Deletion,
 }
 
 impl FileKind {
@@ -33,6 +37,8 @@ impl FileKind {
             FileKind::Pack => "data",
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
+            FileKind::Session => "sessions",
+            FileKind::Deletion => "deletions",
         }
     }
 
@@ -44,6 +50,8 @@ impl FileKind {
             FileKind::Pack => "pack",
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshot",
+            FileKind::Session => "session",
+            FileKind::Deletion => "deletion marker",
         }
     }
 }
@@ -196,7 +204,14 @@ impl Backend for DirBackend {
         crate::crypto::random_bytes(&mut suffix)?;
         let tmp = dir.join(format!(".tmp-{}-{}", name, hex::encode(suffix)));
         let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                // Folders added after format v1's first release are made on first use.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != self.root => {
+                    fs::create_dir_all(&dir)?;
+                    OpenOptions::new().write(true).create_new(true).open(&tmp)?
+                }
+                other => other?,
+            };
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
@@ -231,7 +246,13 @@ impl Backend for DirBackend {
             }
             Err(e) => return Err(Error::io(&self.root, e)),
         }
-        for kind in [FileKind::Key, FileKind::Index, FileKind::Snapshot] {
+        for kind in [
+            FileKind::Key,
+            FileKind::Index,
+            FileKind::Snapshot,
+            FileKind::Session,
+            FileKind::Deletion,
+        ] {
             let d = self.root.join(kind.dir());
             fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
         }

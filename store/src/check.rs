@@ -76,6 +76,8 @@ impl Repository {
         report.packs = indexed.len();
         let blobs = self.index_blobs();
         report.blobs = blobs.len();
+        // Packs a prune marked may already be gone while index files still name them.
+        let marked = self.marked_packs()?;
         let indexed_names: HashSet<String> = indexed.iter().map(|p| p.to_hex()).collect();
         report.unindexed_packs = present
             .keys()
@@ -95,6 +97,7 @@ impl Repository {
         for pack in &indexed {
             let name = pack.to_hex();
             let problem = match present.get(&name) {
+                None if marked.contains(pack) => None,
                 None => Some("is missing".to_string()),
                 Some(&size) if size < pack_end.get(pack).copied().unwrap_or(0) => {
                     Some(format!("is truncated ({size} bytes)"))

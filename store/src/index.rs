@@ -209,7 +209,7 @@ pub(crate) struct IndexPack {
     pub blobs: Vec<IndexBlob>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct IndexBlob {
     pub kind: u8,
     pub flags: u8,

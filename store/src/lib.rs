@@ -26,9 +26,11 @@ pub mod chunker;
 mod crypto;
 mod error;
 mod fasthash;
+mod forget;
 mod id;
 mod index;
 pub mod limits;
+mod maintenance;
 mod pack;
 mod repo;
 mod s3;
@@ -41,9 +43,13 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::KdfParams;
 pub use error::{Error, Result};
 pub use fasthash::FastHasher;
+pub use forget::{Decision, KeepPolicy, apply_policy};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId, TreeId};
 pub use index::BlobLocation;
-pub use repo::{Config, InitOptions, Repository, SaveOutcome};
+pub use maintenance::{
+    KeyInfo, PruneOptions, PruneReport, RepairReport, SESSION_STALE, Session, SessionInfo,
+};
+pub use repo::{Access, Config, InitOptions, Repository, SaveOutcome};
 pub use s3::{S3Backend, S3Options, open_backend, parse_s3_location};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{ChunkPrint, Node, NodeKind, PRINT_BYTES, Tree, Xattr};

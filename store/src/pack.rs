@@ -120,20 +120,38 @@ impl PackBuilder {
 
 /// Reads the header of a whole pack file and checks that the records tile the data part.
 pub(crate) fn parse_pack(sealer: &Sealer, name: &str, pack: &[u8]) -> Result<Vec<PackRecord>> {
+    let header_len = header_length(name, pack.len() as u64, pack)?;
+    let (rest, _) = pack.split_at(pack.len() - 4);
+    let (data, sealed_header) = rest.split_at(rest.len() - header_len);
+    parse_header(sealer, name, data.len() as u64, sealed_header)
+}
+
+/// The length of the sealed header, from the last bytes of a pack of `pack_len` bytes
+/// (`tail` ends where the pack ends and holds at least its last 4 bytes).
+pub(crate) fn header_length(name: &str, pack_len: u64, tail: &[u8]) -> Result<usize> {
     let corrupt = |reason: String| Error::corrupt("pack", name, reason);
-    if pack.len() < 4 {
-        return Err(corrupt(format!("only {} bytes long", pack.len())));
+    if pack_len < 4 || tail.len() < 4 {
+        return Err(corrupt(format!("only {pack_len} bytes long")));
     }
-    let (rest, len_bytes) = pack.split_at(pack.len() - 4);
+    let len_bytes = &tail[tail.len() - 4..];
     let header_len =
         u32::from_le_bytes(len_bytes.try_into().map_err(|_| corrupt("length".into()))?) as usize;
-    if header_len > rest.len() || header_len > MAX_PACK_HEADER_BYTES {
+    if header_len as u64 > pack_len - 4 || header_len > MAX_PACK_HEADER_BYTES {
         return Err(corrupt(format!(
-            "header length {header_len} does not fit in a {}-byte pack",
-            pack.len()
+            "header length {header_len} does not fit in a {pack_len}-byte pack"
         )));
     }
-    let (data, sealed_header) = rest.split_at(rest.len() - header_len);
+    Ok(header_len)
+}
+
+/// The records of a sealed header whose pack holds `data_len` bytes of blobs before it.
+pub(crate) fn parse_header(
+    sealer: &Sealer,
+    name: &str,
+    data_len: u64,
+    sealed_header: &[u8],
+) -> Result<Vec<PackRecord>> {
+    let corrupt = |reason: String| Error::corrupt("pack", name, reason);
     let header = sealer
         .open(HEADER_AAD, sealed_header)
         .map_err(|_| corrupt("header fails authentication".into()))?;
@@ -162,10 +180,9 @@ pub(crate) fn parse_pack(sealer: &Sealer, name: &str, pack: &[u8]) -> Result<Vec
         });
         offset += u64::from(sealed_len);
     }
-    if offset != data.len() as u64 {
+    if offset != data_len {
         return Err(corrupt(format!(
-            "header lists {offset} bytes of blobs but the pack holds {}",
-            data.len()
+            "header lists {offset} bytes of blobs but the pack holds {data_len}"
         )));
     }
     Ok(records)

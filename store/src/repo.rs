@@ -86,6 +86,17 @@ pub struct Repository {
     tree_pack: Mutex<PackBuilder>,
     /// Packs written but not yet listed in an index file.
     unindexed: Mutex<Vec<IndexPack>>,
+    /// The health of this process's session, if it started one.
+    pub(crate) session: Mutex<Option<Arc<crate::maintenance::SessionHealth>>>,
+}
+
+/// How a command uses the repository, which decides how it loads the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads snapshots and data (restore, check, ls).
+    Read,
+    /// Adds data and snapshots (backup, prune's repacking).
+    Write,
 }
 
 /// Bytes of each of the two samples (start and middle) that decide whether a large chunk is
@@ -240,6 +251,7 @@ impl Repository {
             data_pack: Mutex::new(PackBuilder::default()),
             tree_pack: Mutex::new(PackBuilder::default()),
             unindexed: Mutex::new(Vec::new()),
+            session: Mutex::new(None),
         })
     }
 
@@ -269,8 +281,45 @@ impl Repository {
         Ok(config)
     }
 
-    /// Opens an existing repository with a password and loads its index.
+    /// Opens an existing repository with a password and loads its index for reading (see
+    /// [`Repository::open_session`] for commands that run alongside others).
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let repo = Self::open_keyed(backend, password)?;
+        repo.load_index(Access::Read)?;
+        Ok(repo)
+    }
+
+    /// Opens a repository, announces this process in a session file, then loads the index
+    /// as `access` needs it: writers never reuse blobs of packs a prune marked for deletion,
+    /// and pick up the packs an interrupted backup uploaded without indexing them. The
+    /// session ends when the returned [`Session`] is dropped.
+    pub fn open_session(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        command: &str,
+        access: Access,
+    ) -> Result<(Repository, crate::Session)> {
+        let repo = Self::open_keyed(backend, password)?;
+        let session = repo.start_session(command)?;
+        repo.load_index(access)?;
+        if access == Access::Write {
+            repo.recover_unindexed_packs()?;
+        }
+        Ok((repo, session))
+    }
+
+    /// Opens a repository without reading its index (which may be damaged), in a session,
+    /// for [`Repository::repair_index`].
+    pub fn open_for_repair(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+    ) -> Result<(Repository, crate::Session)> {
+        let repo = Self::open_keyed(backend, password)?;
+        let session = repo.start_session("repair")?;
+        Ok((repo, session))
+    }
+
+    fn open_keyed(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
         let config = Self::read_config(backend.as_ref())?;
         let key_names = backend.list(FileKind::Key)?;
         let mut found = None;
@@ -297,19 +346,30 @@ impl Repository {
                 keys: key_names.len(),
             });
         };
-        let repo = Self::with_key(backend, config, &master, key_id, Index::default())?;
-        repo.load_index()?;
-        Ok(repo)
+        Self::with_key(backend, config, &master, key_id, Index::default())
     }
 
-    fn load_index(&self) -> Result<()> {
+    /// Loads every index file. Packs a prune marked for deletion are left out for writers
+    /// and come last for readers (a blob stored elsewhere too is read from there).
+    pub(crate) fn load_index(&self, access: Access) -> Result<()> {
+        let marked = self.marked_packs()?;
         let mut index = Index::default();
+        let mut later = Vec::new();
         for (name, _) in self.backend.list(FileKind::Index)? {
             let file = self.read_index_file(&name)?;
-            for pack in &file.packs {
-                if !index.load_index_pack(pack) {
+            for pack in file.packs {
+                if marked.contains(&pack.id) {
+                    if access == Access::Read {
+                        later.push((name.clone(), pack));
+                    }
+                } else if !index.load_index_pack(&pack) {
                     return Err(Error::corrupt("index", name, "unknown blob kind"));
                 }
+            }
+        }
+        for (name, pack) in later {
+            if !index.load_index_pack(&pack) {
+                return Err(Error::corrupt("index", name, "unknown blob kind"));
             }
         }
         index.finish_loading();
@@ -633,8 +693,11 @@ impl Repository {
         uncbor(&bytes, "tree", &id.to_hex())
     }
 
-    /// Writes a snapshot (call [`flush`](Self::flush) first) and returns its id.
+    /// Writes a snapshot (call [`flush`](Self::flush) first) and returns its id. Fails if
+    /// this process's session could not be kept fresh: a prune may then have removed data
+    /// the snapshot would refer to.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        self.check_session()?;
         let plain = cbor(snapshot)?;
         let sealed = self.keys.sealer.seal(SNAPSHOT_AAD, &plain)?;
         let id = SnapshotId::from_bytes(*blake3::hash(&sealed).as_bytes());
@@ -660,6 +723,11 @@ impl Repository {
             .open(SNAPSHOT_AAD, &sealed)
             .map_err(|_| Error::corrupt("snapshot", name.clone(), "fails authentication"))?;
         uncbor(&plain, "snapshot", &name)
+    }
+
+    /// Removes a snapshot (its data stays until a prune).
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.backend.delete(FileKind::Snapshot, &id.to_hex())
     }
 
     /// Every snapshot, oldest first.
@@ -725,6 +793,41 @@ impl Repository {
 
     pub(crate) fn index_blobs(&self) -> Vec<(BlobId, BlobLocation)> {
         self.index.read().iter().collect()
+    }
+
+    pub(crate) fn sealer(&self) -> &crate::crypto::Sealer {
+        &self.keys.sealer
+    }
+
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// Adds packs to the index in memory and queues them for the next index file.
+    pub(crate) fn adopt_packs(&self, packs: Vec<(PackId, Vec<PackRecord>)>) {
+        let mut index = self.index.write();
+        let mut unindexed = self.unindexed.lock();
+        for (id, records) in packs {
+            index.add_pack(id, &records);
+            unindexed.push(IndexPack::from_records(id, &records));
+        }
+    }
+
+    /// Writes one index file for `packs` now.
+    pub(crate) fn write_index(&self, packs: Vec<IndexPack>) -> Result<IndexId> {
+        self.write_index_file(packs)
+    }
+
+    /// Stores a copy of a blob even if the index knows it (prune's repacking).
+    pub(crate) fn save_copy(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        if !self.pending.lock().insert(id) {
+            return Ok(());
+        }
+        let result = self.seal_and_add(kind, id, data).map(|_| ());
+        if result.is_err() {
+            self.pending.lock().remove(&id);
+        }
+        result
     }
 
     pub(crate) fn parse_pack(&self, name: &str, bytes: &[u8]) -> Result<Vec<PackRecord>> {

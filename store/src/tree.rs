@@ -94,6 +94,36 @@ pub struct Node {
     pub prints: Vec<u8>,
 }
 
+impl Node {
+    /// A node with no metadata beyond its name and kind (mode 0644, owner 0, times 0, one
+    /// link): a start for nodes made by hand.
+    pub fn plain(name: &[u8], kind: NodeKind) -> Node {
+        Node {
+            name: name.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime: 0,
+            mtime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
+            size: 0,
+            inode: 0,
+            device: 0,
+            links: 1,
+            rdev: 0,
+            content: vec![],
+            subtree: None,
+            link_target: None,
+            xattrs: vec![],
+            prints: vec![],
+        }
+    }
+}
+
 /// Bytes per chunk in [`Node::prints`].
 pub const PRINT_BYTES: usize = 20;
 

@@ -5,35 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podvault_store::{
-    Backend, BlobKind, CheckOptions, Error, FileKind, InitOptions, KdfParams, Repository,
-    S3Backend, S3Options,
+    Backend, BlobKind, CheckOptions, Error, FileKind, Repository, S3Backend, S3Options,
 };
-use podvault_testkit::{BUCKET, FaultKind, FaultProxy, S3Server};
-
-fn fast() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            ..KdfParams::default()
-        },
-        ..InitOptions::default()
-    }
-}
-
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut s = seed;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
+use podvault_testkit::{BUCKET, FaultKind, FaultProxy, S3Server, fast_init, pseudo_random};
 
 fn backend_with(bucket: &str, prefix: &str, options: S3Options) -> Arc<dyn Backend> {
     Arc::new(S3Backend::new(bucket, prefix, options).expect("backend"))
@@ -108,7 +82,7 @@ fn injected_faults_are_retried_and_the_data_arrives_whole() {
     options.attempt_timeout = Duration::from_millis(200);
     options.timeout_per_mib = Duration::from_millis(400);
     options.max_attempts = 30;
-    let repo = Repository::init(backend_with(BUCKET, "faulty", options), b"pw", &fast())
+    let repo = Repository::init(backend_with(BUCKET, "faulty", options), b"pw", &fast_init())
         .expect("init through faults");
     let mut blobs = Vec::new();
     for i in 0..48 {
@@ -157,7 +131,7 @@ fn faults_that_never_stop_fail_with_a_clear_error() {
     let mut options = server.options_via(&proxy.endpoint);
     options.max_attempts = 3;
     options.attempt_timeout = Duration::from_millis(300);
-    let err = Repository::init(backend_with(BUCKET, "down", options), b"pw", &fast())
+    let err = Repository::init(backend_with(BUCKET, "down", options), b"pw", &fast_init())
         .err()
         .expect("cannot succeed");
     let text = err.to_string();

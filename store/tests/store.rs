@@ -6,37 +6,12 @@ use std::sync::Arc;
 
 use podvault_store::{
     Backend, BlobKind, CheckOptions, Chunker, ChunkerParams, DirBackend, Error, FileKind,
-    InitOptions, KdfParams, Repository,
+    Repository,
 };
-use podvault_testkit::Place;
-
-fn fast() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            ..KdfParams::default()
-        },
-        ..InitOptions::default()
-    }
-}
+use podvault_testkit::{Place, fast_init, pseudo_random};
 
 fn backend(p: &Path) -> Arc<dyn Backend> {
     Arc::new(DirBackend::new(p))
-}
-
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut s = seed;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(n);
-    out
 }
 
 #[test]
@@ -48,7 +23,7 @@ fn blobs_round_trip_across_reopen_and_deduplicate() {
 }
 
 fn round_trip(place: &Place) {
-    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
     let compressible = b"abc".repeat(100_000);
     let random = pseudo_random(1, 300_000);
     // Random at the start, compressible from the middle on: the probe of the middle sees it.
@@ -120,7 +95,7 @@ fn wrong_password_and_second_key() {
 
 fn keys(place: &Place) {
     let backend = || place.backend.clone();
-    let repo = Repository::init(backend(), b"first", &fast()).expect("init");
+    let repo = Repository::init(backend(), b"first", &fast_init()).expect("init");
     let err = Repository::open(backend(), b"nope")
         .err()
         .expect("wrong password fails");
@@ -157,7 +132,7 @@ fn missing_and_foreign_locations_are_not_repositories() {
     let err = Repository::open(backend(&file), b"pw").err().expect("file");
     assert!(matches!(err, Error::NotARepository { .. }), "{err}");
     // init refuses a non-empty directory and leaves it alone
-    let err = Repository::init(backend(&foreign), b"pw", &fast())
+    let err = Repository::init(backend(&foreign), b"pw", &fast_init())
         .err()
         .expect("non-empty");
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
@@ -176,7 +151,7 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_load() {
 }
 
 fn flipped_byte(place: &Place) {
-    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
     let data = pseudo_random(2, 50_000);
     let id = repo.blob_id(&data);
     repo.save_blob(BlobKind::Data, id, &data).expect("save");
@@ -210,7 +185,7 @@ fn flipped_byte(place: &Place) {
 
 /// A repository holding one flushed blob, and that blob's id.
 fn repo_with_one_blob(place: &Place) -> (Repository, podvault_store::BlobId) {
-    let repo = Repository::init(place.backend.clone(), b"pw", &fast()).expect("init");
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
     let id = repo.blob_id(b"x");
     repo.save_blob(BlobKind::Data, id, b"x").expect("save");
     repo.flush().expect("flush");

@@ -226,3 +226,30 @@ impl Place {
         self.files.join(relative)
     }
 }
+
+/// Deterministic bytes that do not compress (splitmix64 of `seed`).
+pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Repository options with a cheap key derivation, for tests.
+pub fn fast_init() -> podvault_store::InitOptions {
+    podvault_store::InitOptions {
+        kdf: podvault_store::KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            ..podvault_store::KdfParams::default()
+        },
+        ..podvault_store::InitOptions::default()
+    }
+}

@@ -1,0 +1,790 @@
+//! Many processes on one repository without a global lock: sessions, deletion markers,
+//! the two-phase prune, recovery of packs an interrupted backup left unindexed, and index
+//! repair. The reasoning is in `store/FORMAT.md` ("Concurrency").
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::crypto::Sealer;
+use crate::error::{Error, Result};
+use crate::index::IndexPack;
+use crate::pack::{PackRecord, header_length, parse_header};
+use crate::{BlobId, BlobKind, BlobLocation, NodeKind, PackId, Repository, TreeId};
+
+const SESSION_AAD: &[u8] = b"podvault session v1";
+const MARKER_AAD: &[u8] = b"podvault deletion v1";
+
+/// How often a session file is rewritten to show its process is alive.
+pub const SESSION_REFRESH: Duration = Duration::from_secs(60);
+/// A session not refreshed for this long belongs to a process that died (or lost the
+/// store): it no longer holds back a prune.
+pub const SESSION_STALE: Duration = Duration::from_secs(10 * 60);
+/// A process stops writing snapshots once its own session has gone this long without a
+/// successful refresh, well before others may judge it stale.
+const SESSION_SELF_LIMIT: Duration = Duration::from_secs(7 * 60);
+/// Bytes read from the end of a pack to find its header in one request, usually.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// What a session file says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Host name of the process.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// What it is doing (`backup`, `restore`, `prune`…).
+    pub command: String,
+    /// When it started.
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// When it last said it was alive.
+    pub refreshed: chrono::DateTime<chrono::Utc>,
+}
+
+impl SessionInfo {
+    /// Whether the process may still be working: refreshed recently, and (on this host)
+    /// its process exists.
+    pub fn is_live(&self) -> bool {
+        let age = chrono::Utc::now() - self.refreshed;
+        if age.to_std().unwrap_or_default() > SESSION_STALE {
+            return false;
+        }
+        if self.host == crate::this_host() {
+            return process_exists(self.pid);
+        }
+        true
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    match rustix::process::Pid::from_raw(pid as i32) {
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
+/// The shared view of a session's health, checked before a snapshot is written.
+pub(crate) struct SessionHealth {
+    last_ok: Mutex<Instant>,
+}
+
+/// This process's session: its file is refreshed in the background and removed when the
+/// session is dropped.
+pub struct Session {
+    name: String,
+    backend: Arc<dyn Backend>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    /// The session file's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.backend.delete(FileKind::Session, &self.name) {
+            tracing::warn!("could not remove session {}: {e}", self.name);
+        }
+    }
+}
+
+/// A prune's list of packs to delete once no session that might use them remains.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Marker {
+    created: chrono::DateTime<chrono::Utc>,
+    packs: Vec<PackId>,
+    /// Sessions live when the marker was written; `None` until they are recorded.
+    sessions: Option<Vec<String>>,
+}
+
+fn seal_cbor<T: Serialize>(sealer: &Sealer, aad: &[u8], value: &T) -> Result<Vec<u8>> {
+    let mut plain = Vec::new();
+    ciborium::into_writer(value, &mut plain).map_err(|e| Error::Crypto(e.to_string()))?;
+    sealer.seal(aad, &plain)
+}
+
+fn open_cbor<T: serde::de::DeserializeOwned>(
+    sealer: &Sealer,
+    aad: &[u8],
+    what: &'static str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<T> {
+    let plain = sealer
+        .open(aad, sealed)
+        .map_err(|_| Error::corrupt(what, name, "fails authentication"))?;
+    ciborium::from_reader(plain.as_slice())
+        .map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
+}
+
+fn random_name() -> Result<String> {
+    let mut id = [0u8; 16];
+    crate::crypto::random_bytes(&mut id)?;
+    Ok(hex::encode(id))
+}
+
+/// What `prune` did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Snapshots whose data was kept.
+    pub snapshots: usize,
+    /// Packs examined.
+    pub packs: usize,
+    /// Packs holding nothing any snapshot uses.
+    pub packs_unused: usize,
+    /// Packs mostly garbage, whose used blobs were copied into new packs.
+    pub packs_repacked: usize,
+    /// Blobs copied by repacking.
+    pub blobs_repacked: usize,
+    /// Bytes of those blobs.
+    pub bytes_repacked: u64,
+    /// Packs marked for deletion by this run.
+    pub packs_marked: usize,
+    /// Packs deleted by this run (marked by it or earlier).
+    pub packs_deleted: usize,
+    /// Bytes those packs took.
+    pub bytes_freed: u64,
+    /// Marked packs kept because a snapshot written meanwhile uses them.
+    pub packs_rescued: usize,
+    /// Index files replaced by smaller ones.
+    pub index_files_rewritten: usize,
+    /// Deletions left for a later prune: sessions that may still use the packs.
+    pub waiting_for: Vec<String>,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+}
+
+/// Choices for `prune`.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when less than this share (0 to 1) of its bytes is in use.
+    pub repack_below: f64,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            repack_below: 0.5,
+            dry_run: false,
+        }
+    }
+}
+
+/// What `repo repair index` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Packs whose headers were read.
+    pub packs: usize,
+    /// Blobs indexed.
+    pub blobs: usize,
+    /// Packs whose header could not be read, with the reason (their blobs are lost).
+    pub damaged: Vec<String>,
+    /// Index files written.
+    pub index_files_written: usize,
+    /// Index files replaced.
+    pub index_files_removed: usize,
+}
+
+/// A key file as listed by `repo key list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    /// The key's id.
+    pub id: String,
+    /// When it was added.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Where and by whom.
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Whether it is the key this process opened the repository with.
+    pub current: bool,
+}
+
+impl Repository {
+    pub(crate) fn start_session(&self, command: &str) -> Result<Session> {
+        let name = random_name()?;
+        let now = chrono::Utc::now();
+        let info = SessionInfo {
+            host: crate::this_host(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            started: now,
+            refreshed: now,
+        };
+        let sealer = self.master_key().derive()?.sealer;
+        self.backend().write(
+            FileKind::Session,
+            &name,
+            &seal_cbor(&sealer, SESSION_AAD, &info)?,
+        )?;
+        let health = Arc::new(SessionHealth {
+            last_ok: Mutex::new(Instant::now()),
+        });
+        *self.session.lock() = Some(health.clone());
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let (stop, backend, name) = (stop.clone(), self.backend().clone(), name.clone());
+            std::thread::Builder::new()
+                .name("podvault-session".into())
+                .spawn(move || {
+                    let mut info = info;
+                    loop {
+                        {
+                            let mut stopped = stop.0.lock();
+                            if !*stopped {
+                                stop.1.wait_for(&mut stopped, SESSION_REFRESH);
+                            }
+                            if *stopped {
+                                return;
+                            }
+                        }
+                        info.refreshed = chrono::Utc::now();
+                        let written = seal_cbor(&sealer, SESSION_AAD, &info)
+                            .and_then(|b| backend.write(FileKind::Session, &name, &b));
+                        match written {
+                            Ok(()) => *health.last_ok.lock() = Instant::now(),
+                            Err(e) => tracing::warn!("could not refresh session {name}: {e}"),
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("session thread", e))?
+        };
+        Ok(Session {
+            name,
+            backend: self.backend().clone(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Fails if this process's session has not been refreshed for too long.
+    pub(crate) fn check_session(&self) -> Result<()> {
+        if let Some(health) = self.session.lock().as_ref() {
+            let age = health.last_ok.lock().elapsed();
+            if age > SESSION_SELF_LIMIT {
+                return Err(Error::InvalidParameter {
+                    name: "session",
+                    reason: format!(
+                        "this process could not show {} it is alive for {} s; a prune may \
+                         have removed data it uses, so no snapshot is written",
+                        self.backend().location(),
+                        age.as_secs()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every session file: name, and its content if it can be read.
+    pub fn sessions(&self) -> Result<Vec<(String, Option<SessionInfo>)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Session)? {
+            let info = match self.backend().read(FileKind::Session, &name) {
+                Ok(bytes) => open_cbor(self.sealer(), SESSION_AAD, "session", &name, &bytes).ok(),
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push((name, info));
+        }
+        Ok(out)
+    }
+
+    /// Names of the sessions that may still be working (an unreadable session file counts
+    /// as live: it is not safe to assume otherwise), except `own`.
+    fn live_sessions(&self, own: &str) -> Result<Vec<String>> {
+        Ok(self
+            .sessions()?
+            .into_iter()
+            .filter(|(name, info)| name != own && info.as_ref().is_none_or(|i| i.is_live()))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    fn markers(&self) -> Result<Vec<(String, Marker)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Deletion)? {
+            let bytes = match self.backend().read(FileKind::Deletion, &name) {
+                Ok(b) => b,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push((
+                name.clone(),
+                open_cbor(self.sealer(), MARKER_AAD, "deletion marker", &name, &bytes)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn write_marker(&self, name: &str, marker: &Marker) -> Result<()> {
+        self.backend().write(
+            FileKind::Deletion,
+            name,
+            &seal_cbor(self.sealer(), MARKER_AAD, marker)?,
+        )
+    }
+
+    /// Packs some prune marked for deletion.
+    pub(crate) fn marked_packs(&self) -> Result<HashSet<PackId>> {
+        Ok(self
+            .markers()?
+            .into_iter()
+            .flat_map(|(_, m)| m.packs)
+            .collect())
+    }
+
+    /// The blob records of a pack, from its header (two ranged reads at most).
+    pub(crate) fn read_pack_header(&self, name: &str, size: u64) -> Result<Vec<PackRecord>> {
+        let tail_len = size.min(TAIL_BYTES);
+        let mut tail =
+            self.backend()
+                .read_range(FileKind::Pack, name, size - tail_len, tail_len)?;
+        if tail.len() as u64 != tail_len {
+            return Err(Error::corrupt("pack", name, "shorter than listed"));
+        }
+        let header_len = header_length(name, size, &tail)?;
+        let need = header_len as u64 + 4;
+        if need > tail_len {
+            tail = self
+                .backend()
+                .read_range(FileKind::Pack, name, size - need, need)?;
+            if tail.len() as u64 != need {
+                return Err(Error::corrupt("pack", name, "shorter than listed"));
+            }
+        }
+        let sealed = &tail[tail.len() - 4 - header_len..tail.len() - 4];
+        parse_header(self.sealer(), name, size - need, sealed)
+    }
+
+    /// Indexes the packs that an interrupted backup uploaded but did not index (leaving
+    /// out packs marked for deletion), so their blobs are not uploaded again. Returns how
+    /// many packs were recovered.
+    pub(crate) fn recover_unindexed_packs(&self) -> Result<usize> {
+        let known: HashSet<PackId> = self.index_packs().into_iter().collect();
+        let marked = self.marked_packs()?;
+        let mut found = Vec::new();
+        for (name, size) in self.backend().list(FileKind::Pack)? {
+            let Some(id) = PackId::from_hex(&name) else {
+                continue;
+            };
+            if known.contains(&id) || marked.contains(&id) {
+                continue;
+            }
+            match self.read_pack_header(&name, size) {
+                Ok(records) => found.push((id, records)),
+                Err(e) => tracing::warn!("not reusing unindexed pack {name}: {e}"),
+            }
+        }
+        let n = found.len();
+        if n > 0 {
+            tracing::info!("indexing {n} packs an interrupted backup left unindexed");
+            self.adopt_packs(found);
+        }
+        Ok(n)
+    }
+
+    /// Every blob (data and tree) the snapshots use, and how many snapshots there are.
+    /// Fails on any unreadable snapshot or tree: nothing may be deleted on partial
+    /// knowledge.
+    fn used_blobs(&self) -> Result<(HashSet<BlobId>, usize)> {
+        let snapshots = self.snapshots()?;
+        let mut used: HashSet<BlobId> = HashSet::new();
+        let mut stack: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+        while let Some(tree_id) = stack.pop() {
+            if !used.insert(BlobId::from(tree_id)) {
+                continue;
+            }
+            let tree = self.load_tree(&tree_id)?;
+            for node in &tree.nodes {
+                match node.kind {
+                    NodeKind::Dir => stack.extend(node.subtree),
+                    NodeKind::File => used.extend(node.content.iter().copied()),
+                    _ => {}
+                }
+            }
+        }
+        Ok((used, snapshots.len()))
+    }
+
+    /// Every index file with its packs.
+    fn index_files(&self) -> Result<Vec<(String, Vec<IndexPack>)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Index)? {
+            out.push((name.clone(), self.read_index_file(&name)?.packs));
+        }
+        Ok(out)
+    }
+
+    /// Removes data no snapshot uses, in two phases (see FORMAT.md): packs are first marked,
+    /// then deleted by this or a later prune once every session that was running when they
+    /// were marked has ended. Packs mostly garbage are repacked first. `own` is the
+    /// session this prune runs in.
+    pub fn prune(&self, own: &Session, options: PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport {
+            dry_run: options.dry_run,
+            ..PruneReport::default()
+        };
+        for (name, info) in self.sessions()? {
+            if name != own.name()
+                && let Some(info) = info.filter(|i| i.is_live() && i.command == "prune")
+            {
+                return Err(Error::InvalidParameter {
+                    name: "prune",
+                    reason: format!(
+                        "another prune is running on {} (host {}, pid {}, since {})",
+                        self.backend().location(),
+                        info.host,
+                        info.pid,
+                        info.started
+                    ),
+                });
+            }
+        }
+        let (used, snapshots) = self.used_blobs()?;
+        report.snapshots = snapshots;
+        let present: HashMap<String, u64> =
+            self.backend().list(FileKind::Pack)?.into_iter().collect();
+        let mut markers = self.markers()?;
+        let marked: HashSet<PackId> = markers.iter().flat_map(|(_, m)| m.packs.clone()).collect();
+
+        // Phase 1: choose packs to drop and to repack.
+        let mut contents: HashMap<PackId, Vec<PackRecord>> = HashMap::new();
+        for (_, packs) in self.index_files()? {
+            for pack in packs {
+                contents.entry(pack.id).or_insert_with(|| records_of(&pack));
+            }
+        }
+        for (name, &size) in &present {
+            if let Some(id) = PackId::from_hex(name)
+                && !contents.contains_key(&id)
+                && !marked.contains(&id)
+                && let Ok(records) = self.read_pack_header(name, size)
+            {
+                contents.insert(id, records);
+            }
+        }
+        let mut unused = Vec::new();
+        let mut repack = Vec::new();
+        for (id, records) in &contents {
+            let Some(&size) = present.get(&id.to_hex()) else {
+                continue;
+            };
+            if marked.contains(id) {
+                continue;
+            }
+            report.packs += 1;
+            let used_bytes: u64 = records
+                .iter()
+                .filter(|r| used.contains(&r.id))
+                .map(|r| u64::from(r.sealed_len))
+                .sum();
+            if used_bytes == 0 {
+                unused.push(*id);
+            } else if (used_bytes as f64) < options.repack_below * size as f64 {
+                repack.push(*id);
+            }
+        }
+        report.packs_unused = unused.len();
+        report.packs_repacked = repack.len();
+        let candidates: HashSet<PackId> = unused.iter().chain(&repack).copied().collect();
+        let elsewhere: HashSet<BlobId> = contents
+            .iter()
+            .filter(|(id, _)| !candidates.contains(id) && !marked.contains(id))
+            .filter(|(id, _)| present.contains_key(&id.to_hex()))
+            .flat_map(|(_, records)| records.iter().map(|r| r.id))
+            .collect();
+        let mut copied: HashSet<BlobId> = HashSet::new();
+        for pack in &repack {
+            let records = &contents[pack];
+            let wanted: Vec<&PackRecord> = records
+                .iter()
+                .filter(|r| used.contains(&r.id) && !elsewhere.contains(&r.id))
+                .filter(|r| !copied.contains(&r.id))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            report.blobs_repacked += wanted.len();
+            report.bytes_repacked += wanted.iter().map(|r| u64::from(r.raw_len)).sum::<u64>();
+            if options.dry_run {
+                continue;
+            }
+            let bytes = self.backend().read(FileKind::Pack, &pack.to_hex())?;
+            for r in wanted {
+                let loc = BlobLocation {
+                    pack: *pack,
+                    offset: r.offset,
+                    sealed_len: r.sealed_len,
+                    raw_len: r.raw_len,
+                    kind: r.kind,
+                    flags: r.flags,
+                };
+                let sealed = bytes
+                    .get(r.offset as usize..(r.offset + r.sealed_len) as usize)
+                    .ok_or_else(|| Error::corrupt("pack", pack.to_hex(), "blob beyond end"))?;
+                let plain = self.open_blob(&r.id, &loc, sealed)?;
+                self.save_copy(r.kind, r.id, &plain)?;
+                copied.insert(r.id);
+            }
+        }
+        if options.dry_run {
+            report.packs_marked = candidates.len();
+            return Ok(report);
+        }
+        self.flush()?;
+        if !candidates.is_empty() {
+            let name = random_name()?;
+            let mut marker = Marker {
+                created: chrono::Utc::now(),
+                packs: candidates.iter().copied().collect(),
+                sessions: None,
+            };
+            self.write_marker(&name, &marker)?;
+            // Listed after the marker is written: a session that starts later reads the
+            // marker and never reuses these packs.
+            marker.sessions = Some(self.live_sessions(own.name())?);
+            self.write_marker(&name, &marker)?;
+            report.packs_marked = candidates.len();
+            markers.push((name, marker));
+        }
+
+        // Phase 2: delete what no session that might use it still runs for.
+        let mut ready = Vec::new();
+        for (name, mut marker) in markers {
+            let waiting = match &marker.sessions {
+                Some(listed) => {
+                    let live: HashSet<String> =
+                        self.live_sessions(own.name())?.into_iter().collect();
+                    listed
+                        .iter()
+                        .filter(|s| live.contains(*s))
+                        .cloned()
+                        .collect()
+                }
+                None => {
+                    let live = self.live_sessions(own.name())?;
+                    marker.sessions = Some(live.clone());
+                    self.write_marker(&name, &marker)?;
+                    live
+                }
+            };
+            if waiting.is_empty() {
+                ready.push((name, marker));
+            } else {
+                report.waiting_for.extend(waiting);
+            }
+        }
+        report.waiting_for.sort();
+        report.waiting_for.dedup();
+        if ready.is_empty() {
+            return Ok(report);
+        }
+        let (used, _) = self.used_blobs()?;
+        let all_marked: HashSet<PackId> = self.marked_packs()?;
+        let index_files = self.index_files()?;
+        let mut indexed: HashMap<PackId, Vec<PackRecord>> = HashMap::new();
+        for (_, packs) in &index_files {
+            for pack in packs {
+                indexed.entry(pack.id).or_insert_with(|| records_of(pack));
+            }
+        }
+        let present: HashMap<String, u64> =
+            self.backend().list(FileKind::Pack)?.into_iter().collect();
+        let mut safe: HashSet<BlobId> = indexed
+            .iter()
+            .filter(|(id, _)| !all_marked.contains(id) && present.contains_key(&id.to_hex()))
+            .flat_map(|(_, records)| records.iter().map(|r| r.id))
+            .collect();
+        let mut deleted: HashSet<PackId> = HashSet::new();
+        for (_, marker) in &ready {
+            for pack in &marker.packs {
+                let hex = pack.to_hex();
+                let Some(&size) = present.get(&hex) else {
+                    deleted.insert(*pack); // deleted by an interrupted prune
+                    continue;
+                };
+                let records = match indexed.get(pack) {
+                    Some(r) => r.clone(),
+                    None => self.read_pack_header(&hex, size)?,
+                };
+                let needed = records
+                    .iter()
+                    .any(|r| used.contains(&r.id) && !safe.contains(&r.id));
+                if needed {
+                    report.packs_rescued += 1;
+                    if !indexed.contains_key(pack) {
+                        self.write_index(vec![IndexPack::from_records(*pack, &records)])?;
+                    }
+                    safe.extend(records.iter().map(|r| r.id));
+                    continue;
+                }
+                self.backend().delete(FileKind::Pack, &hex)?;
+                deleted.insert(*pack);
+                report.packs_deleted += 1;
+                report.bytes_freed += size;
+            }
+        }
+        // Index files no longer name deleted packs: write the rest anew, then remove them.
+        for (name, packs) in &index_files {
+            if !packs.iter().any(|p| deleted.contains(&p.id)) {
+                continue;
+            }
+            let rest: Vec<IndexPack> = packs
+                .iter()
+                .filter(|p| !deleted.contains(&p.id))
+                .map(|p| IndexPack {
+                    id: p.id,
+                    blobs: p.blobs.clone(),
+                })
+                .collect();
+            if !rest.is_empty() {
+                self.write_index(rest)?;
+            }
+            self.backend().delete(FileKind::Index, name)?;
+            report.index_files_rewritten += 1;
+        }
+        for (marker_name, _) in &ready {
+            self.backend().delete(FileKind::Deletion, marker_name)?;
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds the index from the packs' own headers and replaces every index file that
+    /// existed when it started (index files written meanwhile by others are kept).
+    pub fn repair_index(&self) -> Result<RepairReport> {
+        let mut report = RepairReport::default();
+        let old: Vec<String> = self
+            .backend()
+            .list(FileKind::Index)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut batch: Vec<IndexPack> = Vec::new();
+        let mut batch_blobs = 0;
+        for (name, size) in self.backend().list(FileKind::Pack)? {
+            let Some(id) = PackId::from_hex(&name) else {
+                continue;
+            };
+            match self.read_pack_header(&name, size) {
+                Ok(records) => {
+                    report.packs += 1;
+                    report.blobs += records.len();
+                    batch_blobs += records.len();
+                    batch.push(IndexPack::from_records(id, &records));
+                }
+                Err(e) => report.damaged.push(format!("pack {name}: {e}")),
+            }
+            if batch.len() >= 256 || batch_blobs >= 64 * 1024 {
+                self.write_index(std::mem::take(&mut batch))?;
+                report.index_files_written += 1;
+                batch_blobs = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.write_index(batch)?;
+            report.index_files_written += 1;
+        }
+        for name in old {
+            self.backend().delete(FileKind::Index, &name)?;
+            report.index_files_removed += 1;
+        }
+        self.load_index(crate::Access::Read)?;
+        Ok(report)
+    }
+
+    /// Every key file.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Key)? {
+            let bytes = self.backend().read(FileKind::Key, &name)?;
+            let file: crate::crypto::KeyFile = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::corrupt("key", name.clone(), format!("not valid JSON: {e}")))?;
+            out.push(KeyInfo {
+                current: name == self.key_id().to_hex(),
+                id: name,
+                created: file.created,
+                host: file.host,
+                username: file.username,
+            });
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Removes a key (a unique prefix of its id). The last key, and the key this process
+    /// opened the repository with, cannot be removed.
+    pub fn remove_key(&self, reference: &str) -> Result<String> {
+        let keys = self.keys()?;
+        let matches: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| k.id.starts_with(&reference.to_ascii_lowercase()))
+            .collect();
+        let key = match (reference.len() >= 4, matches.as_slice()) {
+            (true, [one]) => *one,
+            (false, _) => return Err(bad_key(reference, "give at least 4 hex digits")),
+            (true, []) => return Err(bad_key(reference, "no key has this id")),
+            (true, _) => return Err(bad_key(reference, "the prefix matches several keys")),
+        };
+        if keys.len() == 1 {
+            return Err(bad_key(reference, "it is the last key of the repository"));
+        }
+        if key.current {
+            return Err(bad_key(
+                reference,
+                "it is the key this command opened the repository with; open with another \
+                 password to remove it",
+            ));
+        }
+        self.backend().delete(FileKind::Key, &key.id)?;
+        Ok(key.id.clone())
+    }
+
+    /// Replaces the key this process opened the repository with by one for `password`.
+    pub fn change_password(&self, password: &[u8]) -> Result<crate::KeyId> {
+        let new = self.add_key(password)?;
+        self.backend()
+            .delete(FileKind::Key, &self.key_id().to_hex())?;
+        Ok(new)
+    }
+}
+
+fn bad_key(reference: &str, reason: &str) -> Error {
+    Error::InvalidParameter {
+        name: "key",
+        reason: format!("{reference}: {reason}"),
+    }
+}
+
+fn records_of(pack: &IndexPack) -> Vec<PackRecord> {
+    pack.blobs
+        .iter()
+        .map(|b| PackRecord {
+            kind: BlobKind::from_code(b.kind).unwrap_or(BlobKind::Data),
+            flags: b.flags,
+            id: b.id,
+            offset: b.offset,
+            sealed_len: b.length,
+            raw_len: b.raw_length,
+        })
+        .collect()
+}

@@ -1,0 +1,305 @@
+//! Prune, sessions, deletion markers, recovery of unindexed packs, index repair and keys,
+//! each on a directory and on S3.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use podvault_store::{
+    Access, BlobId, BlobKind, CheckOptions, Error, FileKind, Node, NodeKind, PruneOptions,
+    Repository, SaveOutcome, Snapshot, SnapshotId, Summary, Tree,
+};
+use podvault_testkit::{Place, fast_init, pseudo_random};
+
+/// A snapshot of one file made of `blobs` (already saved), through a one-entry tree.
+fn snapshot_of(repo: &Repository, name: &str, blobs: &[BlobId]) -> SnapshotId {
+    let node = Node {
+        content: blobs.to_vec(),
+        ..Node::plain(name.as_bytes(), NodeKind::File)
+    };
+    let tree = Tree {
+        nodes: vec![node.clone()],
+    };
+    let (tree_id, _) = repo.save_tree(&tree).expect("tree");
+    repo.flush().expect("flush");
+    let snapshot = Snapshot {
+        time: chrono::Utc::now(),
+        host: "test".into(),
+        source: format!("/{name}"),
+        tags: vec![],
+        parent: None,
+        tree: tree_id,
+        root: Node {
+            kind: NodeKind::Dir,
+            content: vec![],
+            ..node
+        },
+        username: "test".into(),
+        program_version: "test".into(),
+        summary: Summary::default(),
+    };
+    repo.save_snapshot(&snapshot).expect("snapshot")
+}
+
+fn save(repo: &Repository, seed: u64, len: usize) -> (BlobId, Vec<u8>) {
+    let data = pseudo_random(seed, len);
+    let id = repo.blob_id(&data);
+    repo.save_blob(BlobKind::Data, id, &data).expect("save");
+    (id, data)
+}
+
+fn open_writer(place: &Place, command: &str) -> (Repository, podvault_store::Session) {
+    Repository::open_session(place.backend.clone(), b"pw", command, Access::Write).expect("open")
+}
+
+fn check_ok(place: &Place) {
+    let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        })
+        .expect("check");
+    assert!(report.is_ok(), "{}: {:?}", place.name, report.problems);
+}
+
+fn files_of(place: &Place, kind: FileKind) -> usize {
+    place.backend.list(kind).expect("list").len()
+}
+
+#[test]
+fn prune_frees_unused_packs_and_repacks_mostly_unused_ones() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        let (repo, _s) = open_writer(&place, "backup");
+        // Pack 1 and 2: 18 MiB that only the first snapshot uses.
+        let old: Vec<(BlobId, Vec<u8>)> = (0..18).map(|i| save(&repo, i, 1 << 20)).collect();
+        repo.flush().expect("flush");
+        // Pack 3: one blob kept among much garbage.
+        let keep = save(&repo, 100, 1 << 20);
+        let garbage: Vec<_> = (101..106).map(|i| save(&repo, i, 1 << 20)).collect();
+        let first = snapshot_of(&repo, "first", &old.iter().map(|b| b.0).collect::<Vec<_>>());
+        let mut ids = vec![keep.0];
+        ids.extend(garbage.iter().map(|b| b.0));
+        let second = snapshot_of(&repo, "second", &ids);
+        let third = snapshot_of(&repo, "third", &[keep.0]);
+        repo.remove_snapshot(&first).expect("forget");
+        repo.remove_snapshot(&second).expect("forget");
+        drop((repo, _s));
+        let packs_before = files_of(&place, FileKind::Pack);
+
+        let (repo, session) = open_writer(&place, "prune");
+        let dry = repo
+            .prune(
+                &session,
+                PruneOptions {
+                    dry_run: true,
+                    ..PruneOptions::default()
+                },
+            )
+            .expect("dry run");
+        assert_eq!(files_of(&place, FileKind::Pack), packs_before, "dry run");
+        assert!(dry.packs_unused >= 1 && dry.packs_repacked >= 1, "{dry:?}");
+        let report = repo
+            .prune(&session, PruneOptions::default())
+            .expect("prune");
+        drop((repo, session));
+        assert!(report.packs_deleted >= 2, "{}: {report:?}", place.name);
+        assert!(report.bytes_freed >= 18 << 20, "{report:?}");
+        assert_eq!(report.blobs_repacked, 1, "{report:?}");
+        assert!(report.waiting_for.is_empty(), "{report:?}");
+        assert_eq!(files_of(&place, FileKind::Deletion), 0);
+        check_ok(&place);
+        let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+        assert_eq!(
+            repo.load_blob(BlobKind::Data, &keep.0).expect("kept"),
+            keep.1
+        );
+        assert!(repo.locate(&old[0].0).is_none(), "unused data is gone");
+        assert_eq!(repo.snapshots().expect("list")[0].0, third);
+    }
+}
+
+#[test]
+fn a_prune_waits_for_sessions_that_began_before_it_marked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        let (repo, s) = open_writer(&place, "backup");
+        let blob = save(&repo, 1, 300_000);
+        let snap = snapshot_of(&repo, "a", &[blob.0]);
+        drop((repo, s));
+
+        // A long backup opens the repository and will reuse `blob`...
+        let (slow, slow_session) = open_writer(&place, "backup");
+        assert_eq!(
+            slow.save_blob(BlobKind::Data, blob.0, &blob.1)
+                .expect("dedup"),
+            SaveOutcome::Known
+        );
+        // ...while the only snapshot using it is forgotten and a prune runs.
+        let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+        repo.remove_snapshot(&snap).expect("forget");
+        let (pruner, prune_session) = open_writer(&place, "prune");
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        assert_eq!(report.packs_marked, 2, "{}: {report:?}", place.name);
+        assert_eq!(report.packs_deleted, 0, "the backup may still use them");
+        assert_eq!(report.waiting_for, vec![slow_session.name().to_string()]);
+        // A second prune at the same time is refused.
+        let (other, other_session) = open_writer(&place, "prune");
+        let err = other
+            .prune(&other_session, PruneOptions::default())
+            .expect_err("one prune at a time");
+        assert!(err.to_string().contains("another prune"), "{err}");
+        drop((other, other_session));
+        drop((pruner, prune_session));
+
+        // A backup that starts now does not reuse marked data: it stores its own copy.
+        let (fresh, fresh_session) = open_writer(&place, "backup");
+        assert!(matches!(
+            fresh
+                .save_blob(BlobKind::Data, blob.0, &blob.1)
+                .expect("save"),
+            SaveOutcome::New { .. }
+        ));
+        drop((fresh, fresh_session));
+
+        // The long backup finishes with a snapshot that uses the blob.
+        let kept = snapshot_of(&slow, "b", &[blob.0]);
+        drop((slow, slow_session));
+        let (pruner, prune_session) = open_writer(&place, "prune");
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        drop((pruner, prune_session));
+        assert!(report.waiting_for.is_empty(), "{report:?}");
+        assert!(report.packs_rescued >= 1, "{}: {report:?}", place.name);
+        check_ok(&place);
+        let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+        let (_, snapshot) = repo.find_snapshot(&kept.to_hex()).expect("snapshot");
+        let tree = repo.load_tree(&snapshot.tree).expect("tree");
+        assert_eq!(
+            repo.load_blob(BlobKind::Data, &tree.nodes[0].content[0])
+                .expect("data of the late snapshot"),
+            blob.1
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_backup_is_resumed_without_uploading_again() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        let (repo, session) = open_writer(&place, "backup");
+        let blobs: Vec<_> = (0..40).map(|i| save(&repo, i, 1 << 20)).collect();
+        // Killed before flushing: full packs are stored, no index file names them.
+        std::mem::forget(repo);
+        drop(session);
+        assert_eq!(files_of(&place, FileKind::Index), 0);
+        let uploaded = files_of(&place, FileKind::Pack);
+        assert!(uploaded >= 2, "{uploaded}");
+        let report = Repository::open(place.backend.clone(), b"pw")
+            .expect("open")
+            .check(CheckOptions::default())
+            .expect("check");
+        assert!(report.is_ok() && report.unindexed_packs == uploaded);
+
+        let (repo, session) = open_writer(&place, "backup");
+        let mut stored = 0;
+        for (i, (id, data)) in blobs.iter().enumerate() {
+            match repo.save_blob(BlobKind::Data, *id, data).expect("save") {
+                SaveOutcome::Known => {}
+                SaveOutcome::New { .. } => stored += 1,
+            }
+            assert!(i >= 30 || stored == 0, "blob {i} stored again");
+        }
+        let ids: Vec<BlobId> = blobs.iter().map(|b| b.0).collect();
+        snapshot_of(&repo, "resumed", &ids);
+        drop((repo, session));
+        eprintln!(
+            "{}: {} of 40 MiB were uploaded before the interruption; the next run stored {stored} MiB",
+            place.name,
+            40 - stored
+        );
+        assert!(stored <= 40 - 16 * uploaded + 16, "{stored}");
+        check_ok(&place);
+    }
+}
+
+#[test]
+fn a_damaged_index_is_rebuilt_from_the_packs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        let (repo, session) = open_writer(&place, "backup");
+        let blobs: Vec<_> = (0..20).map(|i| save(&repo, i, 1 << 20)).collect();
+        let snap = snapshot_of(&repo, "a", &blobs.iter().map(|b| b.0).collect::<Vec<_>>());
+        drop((repo, session));
+        // Every index file damaged.
+        let mut index_files = BTreeMap::new();
+        for (name, _) in place.backend.list(FileKind::Index).expect("list") {
+            let path = place.file(&format!("index/{name}"));
+            let mut bytes = fs::read(&path).expect("read");
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            fs::write(&path, &bytes).expect("write");
+            index_files.insert(name, ());
+        }
+        let err = Repository::open(place.backend.clone(), b"pw")
+            .err()
+            .expect("damaged index");
+        assert!(matches!(err, Error::Corrupt { what: "index", .. }), "{err}");
+        // Repair does not need the index: it opens without reading it.
+        let (repo, session) =
+            Repository::open_for_repair(place.backend.clone(), b"pw").expect("open for repair");
+        let report = repo.repair_index().expect("repair");
+        drop((repo, session));
+        assert_eq!(report.index_files_removed, index_files.len());
+        assert!(report.damaged.is_empty(), "{report:?}");
+        check_ok(&place);
+        let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+        let (_, snapshot) = repo.find_snapshot(&snap.to_hex()).expect("snapshot");
+        let tree = repo.load_tree(&snapshot.tree).expect("tree");
+        assert_eq!(
+            repo.load_blob(BlobKind::Data, &tree.nodes[0].content[3])
+                .expect("blob"),
+            blobs[3].1
+        );
+    }
+}
+
+#[test]
+fn keys_are_listed_added_changed_and_the_last_is_kept() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        let repo = Repository::init(place.backend.clone(), b"one", &fast_init()).expect("init");
+        let only = repo.keys().expect("keys");
+        assert_eq!(only.len(), 1);
+        assert!(only[0].current);
+        let err = repo.remove_key(&only[0].id).expect_err("last key");
+        assert!(err.to_string().contains("last key"), "{err}");
+        let second = repo.add_key(b"two").expect("add");
+        let err = repo.remove_key(&only[0].id[..8]).expect_err("current key");
+        assert!(
+            err.to_string().contains("opened the repository with"),
+            "{err}"
+        );
+        let by_two = Repository::open(place.backend.clone(), b"two").expect("open");
+        by_two
+            .remove_key(&only[0].id[..8])
+            .expect("remove the first");
+        let err = Repository::open(place.backend.clone(), b"one")
+            .err()
+            .expect("removed key");
+        assert!(matches!(err, Error::WrongPassword { keys: 1, .. }), "{err}");
+        let third = by_two.change_password(b"three").expect("passwd");
+        assert_ne!(third, second);
+        assert!(Repository::open(place.backend.clone(), b"two").is_err());
+        let by_three = Repository::open(place.backend.clone(), b"three").expect("open");
+        assert_eq!(by_three.keys().expect("keys").len(), 1);
+        assert_eq!(by_three.config().id, repo.config().id);
+    }
+}
