@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use podvault_testkit::Cli;
+
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -22,34 +24,30 @@ impl Env {
         self.root.join("repo")
     }
 
+    fn cli(&self) -> Cli {
+        Cli {
+            binary: env!("CARGO_BIN_EXE_podvault").into(),
+            repo: self.repo().display().to_string(),
+            password: "correct horse".into(),
+            env: vec![],
+            label: "cli".into(),
+        }
+    }
+
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_podvault"));
-        c.env("PODVAULT_REPO", self.repo())
-            .env("PODVAULT_PASSWORD", "correct horse")
-            .env_remove("PODVAULT_PASSWORD_FILE")
-            .env_remove("RUST_LOG");
-        c
+        self.cli().cmd()
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run podvault")
+        self.cli().run(args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
+        self.cli().ok(args)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).expect("valid JSON")
+        self.cli().json(args)
     }
 
     fn init(&self) {

@@ -60,9 +60,17 @@ impl Repository {
     /// that stop the check itself (an unreadable backend).
     pub fn check(&self, options: CheckOptions) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        // In this order, so that work of other processes running meanwhile is no false
+        // alarm: the snapshots listed have their index entries written already, and a pack
+        // a prune deletes after the index is loaded was marked before.
+        let snapshot_names = self.backend().list(FileKind::Snapshot)?;
+        let marked = self.marked_packs()?;
+        self.load_index(crate::Access::Read)?;
         // Index files decrypt and parse (open() already loaded them; re-read to name each one).
         for (name, _) in self.backend().list(FileKind::Index)? {
-            if let Err(e) = self.read_index_file(&name) {
+            if let Err(e) = self.read_index_file(&name)
+                && !matches!(e, crate::Error::NotFound { .. })
+            {
                 report.problems.push(Problem {
                     object: format!("index {name}"),
                     message: e.to_string(),
@@ -76,8 +84,6 @@ impl Repository {
         report.packs = indexed.len();
         let blobs = self.index_blobs();
         report.blobs = blobs.len();
-        // Packs a prune marked may already be gone while index files still name them.
-        let marked = self.marked_packs()?;
         let indexed_names: HashSet<String> = indexed.iter().map(|p| p.to_hex()).collect();
         report.unindexed_packs = present
             .keys()
@@ -179,12 +185,14 @@ impl Repository {
         // Snapshots, and every tree and blob they reference.
         let mut checked_trees: HashSet<TreeId> = HashSet::new();
         let mut missing: BTreeMap<BlobId, Vec<String>> = BTreeMap::new();
-        for (name, _) in self.backend().list(FileKind::Snapshot)? {
+        for (name, _) in snapshot_names {
             let snap = match SnapshotId::from_hex(&name)
                 .ok_or_else(|| crate::Error::corrupt("snapshot", name.clone(), "bad file name"))
                 .and_then(|id| Ok((id, self.load_snapshot(&id)?)))
             {
                 Ok(s) => s,
+                // Forgotten by another process since the listing.
+                Err(crate::Error::NotFound { .. }) => continue,
                 Err(e) => {
                     report.problems.push(Problem {
                         object: format!("snapshot {name}"),

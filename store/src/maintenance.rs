@@ -408,6 +408,9 @@ impl Repository {
     /// knowledge.
     fn used_blobs(&self) -> Result<(HashSet<BlobId>, usize)> {
         let snapshots = self.snapshots()?;
+        // Reloaded after listing the snapshots, whole (marked packs too): a writer writes
+        // its index files before its snapshot, so every tree listed is found.
+        self.load_index(crate::Access::Read)?;
         let mut used: HashSet<BlobId> = HashSet::new();
         let mut stack: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
         while let Some(tree_id) = stack.pop() {
@@ -428,11 +431,11 @@ impl Repository {
 
     /// Every index file with its packs.
     fn index_files(&self) -> Result<Vec<(String, Vec<IndexPack>)>> {
-        let mut out = Vec::new();
-        for (name, _) in self.backend().list(FileKind::Index)? {
-            out.push((name.clone(), self.read_index_file(&name)?.packs));
-        }
-        Ok(out)
+        Ok(self
+            .read_all_index_files()?
+            .into_iter()
+            .map(|(name, file)| (name, file.packs))
+            .collect())
     }
 
     /// Removes data no snapshot uses, in two phases (see FORMAT.md): packs are first marked,

@@ -355,8 +355,7 @@ impl Repository {
         let marked = self.marked_packs()?;
         let mut index = Index::default();
         let mut later = Vec::new();
-        for (name, _) in self.backend.list(FileKind::Index)? {
-            let file = self.read_index_file(&name)?;
+        for (name, file) in self.read_all_index_files()? {
             for pack in file.packs {
                 if marked.contains(&pack.id) {
                     if access == Access::Read {
@@ -375,6 +374,25 @@ impl Repository {
         index.finish_loading();
         *self.index.write() = index;
         Ok(())
+    }
+
+    /// Every index file. A prune replaces an index file by writing the new one before
+    /// deleting the old, so a file that vanishes between listing and reading means the
+    /// listing is out of date: it is taken again.
+    pub(crate) fn read_all_index_files(&self) -> Result<Vec<(String, IndexFile)>> {
+        let mut attempt = 0;
+        'listing: loop {
+            attempt += 1;
+            let mut out = Vec::new();
+            for (name, _) in self.backend.list(FileKind::Index)? {
+                match self.read_index_file(&name) {
+                    Ok(file) => out.push((name, file)),
+                    Err(Error::NotFound { .. }) if attempt < 10 => continue 'listing,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
     }
 
     pub(crate) fn read_index_file(&self, name: &str) -> Result<IndexFile> {
@@ -737,7 +755,12 @@ impl Repository {
             let Some(id) = SnapshotId::from_hex(&name) else {
                 continue;
             };
-            out.push((id, self.load_snapshot(&id)?));
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                // Forgotten by another process since the listing.
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)

@@ -150,8 +150,6 @@ impl S3Server {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("PODVAULT_S3_ENDPOINT".into(), endpoint.to_string()),
             ("PODVAULT_S3_PATH_STYLE".into(), "true".into()),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ]
     }
@@ -251,5 +249,58 @@ pub fn fast_init() -> podvault_store::InitOptions {
             ..podvault_store::KdfParams::default()
         },
         ..podvault_store::InitOptions::default()
+    }
+}
+
+/// The `podvault` binary run against one repository, as a user runs it.
+pub struct Cli {
+    /// The binary (`env!("CARGO_BIN_EXE_podvault")` in the binary's tests).
+    pub binary: PathBuf,
+    /// `--repo`.
+    pub repo: String,
+    /// The password, given by `PODVAULT_PASSWORD`.
+    pub password: String,
+    /// More environment (S3 credentials and endpoint).
+    pub env: Vec<(String, String)>,
+    /// Named in failure messages ("dir", "s3").
+    pub label: String,
+}
+
+impl Cli {
+    /// A command with the repository, password and environment set and no stdin.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.env("PODVAULT_REPO", &self.repo)
+            .env("PODVAULT_PASSWORD", &self.password)
+            .env_remove("PODVAULT_PASSWORD_FILE")
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().expect("run podvault")
+    }
+
+    /// Runs, asserts success, returns standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}: {args:?} failed: {}\n{}",
+            self.label,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs with `--json`, asserts success, parses the output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("valid JSON")
     }
 }
