@@ -252,3 +252,54 @@ fn concurrent_backups_and_prunes_lose_nothing() {
         concurrent_on(&place, tmp.path());
     }
 }
+
+#[test]
+fn backups_through_a_faulty_network_complete_or_fail_clearly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Arc::new(podvault_testkit::S3Server::start());
+    let place = Place::s3(&server);
+    let proxy =
+        podvault_testkit::FaultProxy::start(&server.endpoint, 0.2, 11, Duration::from_millis(1500));
+    let mut repo = Repo::new(&place);
+    repo.cli.env = server.env_via(&proxy.endpoint);
+    repo.cli.env.extend([
+        ("PODVAULT_S3_TIMEOUT".to_string(), "1".to_string()),
+        ("AWS_MAX_ATTEMPTS".to_string(), "12".to_string()),
+    ]);
+    repo.init();
+    let src = tmp.path().join("src");
+    mutate(&src, 6, 5 << 20, 0, 6);
+    let created = repo.json(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    let id = created["id"].as_str().expect("id").to_string();
+    repo.assert_restores(&id, &tmp.path().join("restored"), &read_dir(&src));
+    let recovered = proxy.stats().total();
+    assert!(recovered >= 3, "{:?}", proxy.stats());
+
+    // Faults that never stop: a clear error, and no snapshot.
+    proxy.set_rate(1.0);
+    mutate(&src, 6, 5 << 20, 1, 2);
+    repo.cli
+        .env
+        .push(("AWS_MAX_ATTEMPTS".to_string(), "3".to_string()));
+    let out = repo.run(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("gave up after 3 attempts") && stderr.contains(podvault_testkit::BUCKET),
+        "{stderr}"
+    );
+    // Read directly: one snapshot, and nothing it refers to is missing.
+    let direct = Repo::new(&place);
+    let check = direct.json(&["repo", "check", "--read-data"]);
+    assert_eq!(
+        check["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{check}"
+    );
+    assert_eq!(check["snapshots"].as_u64(), Some(1));
+    eprintln!(
+        "faults injected: {recovered} of {} requests recovered during init, a 30 MiB backup and its restore, then \
+         every request failed and the backup stopped with a clear error",
+        proxy.stats().requests.load(Ordering::Relaxed)
+    );
+}

@@ -68,6 +68,11 @@ pub trait Backend: Send + Sync {
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// Stores a file atomically and durably, replacing any file of the same name.
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// [`Backend::write`] of a buffer the caller gives up, which a backend that must keep
+    /// the data while it sends it can use without a copy.
+    fn write_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
+        self.write(kind, name, &data)
+    }
     /// Removes a file; removing a missing file is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
     /// Prepares an empty location for a new repository; fails if it holds anything.

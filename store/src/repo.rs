@@ -570,8 +570,9 @@ impl Repository {
         // The buffer is freed right after: with glibc's mmap threshold fixed (see the
         // binary's allocator set-up) that returns it to the system, and measured no slower
         // than keeping buffers for the next pack.
-        let written = self.backend.write(FileKind::Pack, &id.to_hex(), &bytes);
-        drop(bytes);
+        let written = self
+            .backend
+            .write_owned(FileKind::Pack, &id.to_hex(), bytes);
         let mut pending = self.pending.lock();
         for r in &records {
             pending.remove(&r.id);

@@ -24,7 +24,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -154,6 +154,8 @@ fn classify<E: ProvideErrorMetadata + Display>(err: &SdkError<E, HttpResponse>) 
                 (416, _) | (_, "InvalidRange") => Failure::BadRange,
                 (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
                 | (_, "InternalError" | "ServiceUnavailable" | "RequestTimeTooSkewed")
+                // The body was damaged on the way; the store refused it.
+                | (_, "BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch")
                 | (408 | 429 | 500..=599, _) => Failure::Transient(text),
                 _ => Failure::Permanent(text),
             }
@@ -203,7 +205,7 @@ impl S3Backend {
         let shared = runtime.block_on(loader.load());
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if shared.region().is_none() {
             config = config.region(Region::new("us-east-1"));
@@ -365,7 +367,10 @@ impl S3Backend {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .body(ByteStream::from(data.clone()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| classify(&e))?;
@@ -382,6 +387,7 @@ impl S3Backend {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                     .send()
                     .await
                     .map_err(|e| classify(&e))?;
@@ -421,7 +427,10 @@ impl S3Backend {
                             .key(key)
                             .upload_id(upload_id)
                             .part_number(number)
+                            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                             .body(ByteStream::from(body.clone()))
+                            .customize()
+                            .disable_payload_signing()
                             .send()
                             .await
                             .map_err(|e| classify(&e))?;
@@ -557,6 +566,12 @@ impl Backend for S3Backend {
         let key = self.key(kind, name);
         self.runtime
             .block_on(self.put(&key, bytes::Bytes::copy_from_slice(data)))
+    }
+
+    fn write_owned(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
+        let key = self.key(kind, name);
+        self.runtime
+            .block_on(self.put(&key, bytes::Bytes::from(data)))
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {

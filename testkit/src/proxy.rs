@@ -31,14 +31,19 @@ pub enum FaultKind {
     Stall,
     /// The answer's body stops half way and the connection is closed.
     Truncate,
+    /// One byte of a PutObject's body is flipped on the way: the store must notice by the
+    /// checksum. Other requests pass unharmed (s3s-fs 0.14 verifies checksums of whole
+    /// objects only, not of multipart parts; AWS S3 verifies both).
+    Corrupt,
 }
 
-const KINDS: [FaultKind; 5] = [
+const KINDS: [FaultKind; 6] = [
     FaultKind::SlowDown,
     FaultKind::Internal,
     FaultKind::Drop,
     FaultKind::Stall,
     FaultKind::Truncate,
+    FaultKind::Corrupt,
 ];
 
 /// What the proxy did.
@@ -47,7 +52,7 @@ pub struct FaultStats {
     /// Requests seen.
     pub requests: AtomicU64,
     /// Faults injected, by kind (in the order of [`FaultKind`]).
-    pub injected: [AtomicU64; 5],
+    pub injected: [AtomicU64; 6],
 }
 
 impl FaultStats {
@@ -72,6 +77,7 @@ struct State {
     rate_ppm: AtomicU64,
     rng: AtomicU64,
     stall: Duration,
+    kinds: Vec<FaultKind>,
     stats: FaultStats,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -90,7 +96,7 @@ impl State {
         if z % 1_000_000 >= rate {
             return None;
         }
-        let kind = KINDS[((z >> 32) % KINDS.len() as u64) as usize];
+        let kind = self.kinds[((z >> 32) % self.kinds.len() as u64) as usize];
         let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
         self.stats.injected[i].fetch_add(1, Ordering::Relaxed);
         Some(kind)
@@ -146,11 +152,26 @@ async fn handle(
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let fault = state.draw();
     let (parts, body) = request.into_parts();
-    let body = body
+    let mut body = body
         .collect()
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
+    let whole_put =
+        parts.method == hyper::Method::PUT && !parts.uri.query().unwrap_or("").contains("uploadId");
+    let fault = if fault == Some(FaultKind::Corrupt) && (!whole_put || body.is_empty()) {
+        // Not applicable: counted as no fault.
+        state.stats.injected[5].fetch_sub(1, Ordering::Relaxed);
+        None
+    } else {
+        fault
+    };
+    if fault == Some(FaultKind::Corrupt) {
+        let mut bad = body.to_vec();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x01;
+        body = Bytes::from(bad);
+    }
     match fault {
         Some(FaultKind::SlowDown) => {
             return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown"));
@@ -212,6 +233,18 @@ impl FaultProxy {
     /// Forwards to `upstream` (`http://host:port`), injecting faults at `rate` (0 to 1),
     /// drawn from `seed`; a stall lasts `stall`.
     pub fn start(upstream: &str, rate: f64, seed: u64, stall: Duration) -> FaultProxy {
+        Self::start_with(upstream, rate, seed, stall, &KINDS)
+    }
+
+    /// Like [`FaultProxy::start`], injecting only faults of `kinds` (not empty).
+    pub fn start_with(
+        upstream: &str,
+        rate: f64,
+        seed: u64,
+        stall: Duration,
+        kinds: &[FaultKind],
+    ) -> FaultProxy {
+        assert!(!kinds.is_empty(), "no fault kinds");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -223,6 +256,7 @@ impl FaultProxy {
             rate_ppm: AtomicU64::new((rate.clamp(0.0, 1.0) * 1e6) as u64),
             rng: AtomicU64::new(seed),
             stall,
+            kinds: kinds.to_vec(),
             stats: FaultStats::default(),
             client,
         });
