@@ -338,3 +338,138 @@ fn chown_tree(p: &Path, uid: u32) {
         .expect("chown");
     assert!(status.success());
 }
+
+#[test]
+fn maintenance_commands_forget_prune_repair_check_subsets_and_keys() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    fs::create_dir(&src).expect("mkdir");
+    let mut ids = Vec::new();
+    for round in 0..4u64 {
+        fs::write(
+            src.join("f"),
+            podvault_testkit::pseudo_random(round, 3 << 20),
+        )
+        .expect("write");
+        let tag = if round == 0 { "release" } else { "nightly" };
+        let created = env.json(&[
+            "snapshot",
+            "create",
+            src.to_str().expect("utf-8"),
+            "--tag",
+            tag,
+        ]);
+        ids.push(created["id"].as_str().expect("id").to_string());
+    }
+    let out = env.run(&["snapshot", "forget"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refusing to forget every snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    let dry = env.json(&[
+        "snapshot",
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "release",
+        "--dry-run",
+    ]);
+    assert_eq!(dry["removed"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        env.json(&["snapshot", "ls"]).as_array().map(Vec::len),
+        Some(4)
+    );
+    let done = env.json(&[
+        "snapshot",
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "release",
+    ]);
+    let removed: Vec<&str> = done["removed"]
+        .as_array()
+        .expect("removed")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(removed, vec![ids[2].as_str(), ids[1].as_str()]);
+    let pruned = env.json(&["repo", "prune"]);
+    assert!(
+        pruned["bytes_freed"].as_u64().expect("freed") >= 5 << 20,
+        "{pruned}"
+    );
+    assert_eq!(pruned["waiting_for"].as_array().map(Vec::len), Some(0));
+    let human = env.ok(&["repo", "prune", "--dry-run"]);
+    assert!(human.contains("would repack"), "{human}");
+
+    // Checks of a share of the packs read fewer packs than a full one.
+    let full = env.json(&["repo", "check", "--read-data"]);
+    let some = env.json(&["repo", "check", "--read-data", "--read-data-subset", "1%"]);
+    assert!(
+        some["packs_read"].as_u64() < full["packs_read"].as_u64(),
+        "{some} {full}"
+    );
+    let out = env.run(&["repo", "check", "--read-data-subset", "150%"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // A lost index is rebuilt from the packs.
+    for entry in fs::read_dir(env.repo().join("index")).expect("index dir") {
+        fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    let repaired = env.json(&["repo", "repair", "index"]);
+    assert!(repaired["blobs"].as_u64().expect("blobs") > 0);
+    let check = env.json(&["repo", "check", "--read-data"]);
+    assert_eq!(
+        check["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{check}"
+    );
+    assert_eq!(check["snapshots"].as_u64(), Some(2));
+
+    // Keys: add, list, change, remove; the last one stays.
+    let new_pw = env.root.join("new.pw");
+    fs::write(&new_pw, "second password\n").expect("write");
+    env.ok(&[
+        "repo",
+        "key",
+        "add",
+        "--new-password-file",
+        new_pw.to_str().expect("utf-8"),
+    ]);
+    let keys = env.json(&["repo", "key", "list"]);
+    assert_eq!(keys.as_array().map(Vec::len), Some(2));
+    let current = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["current"] == true)
+        .expect("current key");
+    let out = env.run(&["repo", "key", "remove", current["id"].as_str().expect("id")]);
+    assert!(
+        stderr(&out).contains("opened the repository with"),
+        "{}",
+        stderr(&out)
+    );
+    let newer = env.root.join("newer.pw");
+    fs::write(&newer, "third password\n").expect("write");
+    env.ok(&[
+        "repo",
+        "key",
+        "passwd",
+        "--new-password-file",
+        newer.to_str().expect("utf-8"),
+    ]);
+    let out = env.run(&["snapshot", "ls"]);
+    assert!(stderr(&out).contains("wrong password"), "{}", stderr(&out));
+    let by_newer = Cli {
+        password: "third password".into(),
+        ..env.cli()
+    };
+    let keys = by_newer.json(&["repo", "key", "list"]);
+    assert_eq!(keys.as_array().map(Vec::len), Some(2));
+}
