@@ -73,6 +73,8 @@ enum Command {
     /// Create, list, show and restore snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Print podvault's CustomResourceDefinitions (YAML, for `kubectl apply -f -`).
+    Crds,
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +303,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Repo(cmd) => commands::repo(&cli.global, cmd),
         Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
+        Command::Crds => podvault_controller::crd::yaml()
+            .map(|y| {
+                print!("{y}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
