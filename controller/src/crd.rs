@@ -2,6 +2,10 @@
 //! Velero's (Backup, Restore, PodVolumeBackup, PodVolumeRestore, BackupRepository) so that
 //! Velero users find their way.
 
+// Each `printcolumn(...)` of the derive repeats the same keys, which clippy takes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
