@@ -3,3 +3,4 @@
 //! `scanner`) know nothing of Kubernetes; this crate wires them to it.
 
 pub mod crd;
+pub mod select;

@@ -1,0 +1,255 @@
+//! Which volumes of a pod a backup takes, and why the others are left out: a pure function
+//! of the pod, its claims and their volumes, and the backup's mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use globset::Glob;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
+
+use crate::crd::{PodRef, SkippedVolume};
+
+/// Opt-in annotations: a comma-separated list of volume names (podvault's, then Velero's).
+pub const OPT_IN: [&str; 2] = [
+    "backup.podvault.io/backup-volumes",
+    "backup.velero.io/backup-volumes",
+];
+/// Opt-out annotations, honoured with `defaultVolumesToFsBackup`.
+pub const OPT_OUT: [&str; 2] = [
+    "backup.podvault.io/backup-volumes-excludes",
+    "backup.velero.io/backup-volumes-excludes",
+];
+/// Paths inside volumes to leave out: comma-separated globs relative to the volume, each
+/// optionally prefixed by `VOLUME:` to apply to that volume only.
+pub const EXCLUDE_PATHS: &str = "backup.podvault.io/exclude-paths";
+
+/// A volume to back up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// The volume's name in the pod.
+    pub volume: String,
+    /// The claim, for PVC volumes.
+    pub claim: Option<String>,
+    /// Globs of paths to leave out, relative to the volume.
+    pub exclude_paths: Vec<String>,
+}
+
+/// The outcome for one pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Volumes to back up, in the pod's order.
+    pub volumes: Vec<Selected>,
+    /// Volumes left out, with the reason.
+    pub skipped: Vec<SkippedVolume>,
+}
+
+fn names_in(pod: &Pod, keys: &[&str]) -> BTreeSet<String> {
+    let annotations = pod.metadata.annotations.as_ref();
+    keys.iter()
+        .filter_map(|k| annotations.and_then(|a| a.get(*k)))
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Why a volume of this type is never backed up, if it is such a type.
+fn unsupported_type(v: &Volume) -> Option<&'static str> {
+    if v.secret.is_some() {
+        Some("Secret volumes hold API objects, restored with them, not file data")
+    } else if v.config_map.is_some() {
+        Some("ConfigMap volumes hold API objects, restored with them, not file data")
+    } else if v.projected.is_some() {
+        Some("projected volumes (such as the service-account token) are made by the kubelet")
+    } else if v.downward_api.is_some() {
+        Some("downwardAPI volumes are made by the kubelet")
+    } else if v.host_path.is_some() {
+        Some("hostPath volumes belong to the node, not the pod")
+    } else {
+        None
+    }
+}
+
+/// The exclude-paths globs for `volume`, or the reason the annotation is unusable.
+fn exclude_paths_for(pod: &Pod, volume: &str) -> Result<Vec<String>, String> {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXCLUDE_PATHS))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (target, glob) = match entry.split_once(':') {
+            Some((v, g)) => (Some(v.trim()), g.trim()),
+            None => (None, entry),
+        };
+        if target.is_some_and(|t| t != volume) {
+            continue;
+        }
+        if glob.starts_with('/') || glob.split('/').any(|p| p == "..") {
+            return Err(format!(
+                "{EXCLUDE_PATHS}: {glob:?} must be relative to the volume, without `..`"
+            ));
+        }
+        Glob::new(glob).map_err(|e| format!("{EXCLUDE_PATHS}: {glob:?} is not a glob: {e}"))?;
+        out.push(glob.to_string());
+    }
+    Ok(out)
+}
+
+/// Chooses the volumes of `pod` to back up. `claims` holds the pod namespace's claims by
+/// name and `volumes` the persistent volumes by name; `default_to_fs` is the backup's
+/// `defaultVolumesToFsBackup`.
+pub fn select_volumes(
+    pod: &Pod,
+    claims: &BTreeMap<String, PersistentVolumeClaim>,
+    volumes: &BTreeMap<String, PersistentVolume>,
+    default_to_fs: bool,
+) -> Selection {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let mut selection = Selection::default();
+    let mut skip = |volume: &str, reason: String| {
+        selection.skipped.push(SkippedVolume {
+            namespace: namespace.clone(),
+            pod: pod_name.clone(),
+            volume: volume.to_string(),
+            reason,
+        })
+    };
+    let spec = pod.spec.as_ref();
+    let pod_volumes: &[Volume] = spec.and_then(|s| s.volumes.as_deref()).unwrap_or(&[]);
+    let opted_in = names_in(pod, &OPT_IN);
+    let opted_out = names_in(pod, &OPT_OUT);
+    for name in &opted_in {
+        if !pod_volumes.iter().any(|v| &v.name == name) {
+            skip(
+                name,
+                "the opt-in annotation names a volume the pod does not have".into(),
+            );
+        }
+    }
+    let candidates: Vec<&Volume> = pod_volumes
+        .iter()
+        .filter(|v| {
+            if default_to_fs {
+                !opted_out.contains(&v.name)
+            } else {
+                opted_in.contains(&v.name)
+            }
+        })
+        .collect();
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Unknown");
+    let mut mounted = BTreeSet::new();
+    let mut devices = BTreeSet::new();
+    if let Some(spec) = spec {
+        let containers = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for c in containers {
+            mounted.extend(c.volume_mounts.iter().flatten().map(|m| m.name.clone()));
+            devices.extend(c.volume_devices.iter().flatten().map(|d| d.name.clone()));
+        }
+    }
+    let mut selected = Vec::new();
+    for v in candidates {
+        if let Some(reason) = unsupported_type(v) {
+            skip(&v.name, reason.into());
+            continue;
+        }
+        if phase != "Running" {
+            skip(&v.name, format!("the pod is not running (phase {phase})"));
+            continue;
+        }
+        if devices.contains(&v.name) {
+            skip(
+                &v.name,
+                "block-mode volumes have no file system to back up".into(),
+            );
+            continue;
+        }
+        if !mounted.contains(&v.name) {
+            skip(&v.name, "no container of the pod mounts it".into());
+            continue;
+        }
+        let claim = v
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.clone());
+        if let Some(claim_name) = &claim {
+            let Some(pvc) = claims.get(claim_name) else {
+                skip(&v.name, format!("its claim {claim_name} does not exist"));
+                continue;
+            };
+            let pvc_spec = pvc.spec.as_ref();
+            if pvc_spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block") {
+                skip(
+                    &v.name,
+                    "block-mode volumes have no file system to back up".into(),
+                );
+                continue;
+            }
+            let bound = pvc_spec.and_then(|s| s.volume_name.clone());
+            let Some(pv_name) = bound else {
+                skip(&v.name, format!("its claim {claim_name} is not bound"));
+                continue;
+            };
+            if volumes
+                .get(&pv_name)
+                .and_then(|pv| pv.spec.as_ref())
+                .is_some_and(|s| s.host_path.is_some())
+            {
+                skip(
+                    &v.name,
+                    format!("its claim {claim_name} is bound to hostPath volume {pv_name}"),
+                );
+                continue;
+            }
+        }
+        match exclude_paths_for(pod, &v.name) {
+            Ok(exclude_paths) => selected.push(Selected {
+                volume: v.name.clone(),
+                claim,
+                exclude_paths,
+            }),
+            Err(reason) => skip(&v.name, reason),
+        }
+    }
+    selection.volumes = selected;
+    selection
+}
+
+/// Keeps one backup of each claim mounted by several pods (a ReadWriteMany claim): the
+/// first pod in `selections` takes it, the others record where it went.
+pub fn back_up_claims_once(selections: &mut [(PodRef, Selection)]) {
+    let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (pod, selection) in selections.iter_mut() {
+        let mut kept = Vec::new();
+        for v in std::mem::take(&mut selection.volumes) {
+            let Some(claim) = v.claim.clone() else {
+                kept.push(v);
+                continue;
+            };
+            let key = (pod.namespace.clone(), claim.clone());
+            if let Some(first) = taken.get(&key) {
+                selection.skipped.push(SkippedVolume {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    volume: v.volume.clone(),
+                    reason: format!("claim {claim} is backed up through pod {first}"),
+                });
+            } else {
+                taken.insert(key, pod.name.clone());
+                kept.push(v);
+            }
+        }
+        selection.volumes = kept;
+    }
+}
