@@ -101,7 +101,7 @@ pub struct BackupSpec {
 }
 
 /// Counts of a backup's or restore's volumes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeCounts {
     /// Volumes to process.

@@ -2,5 +2,8 @@
 //! selection, controllers, node agent and restore-wait. The engine crates (`store`,
 //! `scanner`) know nothing of Kubernetes; this crate wires them to it.
 
+pub mod aggregate;
 pub mod crd;
+pub mod hostpath;
+pub mod lineage;
 pub mod select;
