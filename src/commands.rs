@@ -304,6 +304,7 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             options.tags = args.tags;
             options.threads = args.threads;
             options.full_hash = args.full_hash;
+            options.exclude = args.excludes;
             if let Some(h) = args.host {
                 options.host = h;
             }

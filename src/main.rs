@@ -227,6 +227,11 @@ pub struct CreateArgs {
     /// previous version that a keyed fingerprint finds still in place.
     #[arg(long)]
     full_hash: bool,
+    /// Leave out paths that match (repeatable): a pattern without `/` matches a name at
+    /// any depth (`*.tmp`), one with `/` the path from the backed-up directory
+    /// (`pg_wal/*.tmp`, `data/**/cache`).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,

@@ -90,6 +90,8 @@ pub struct BackupOptions {
     /// Cut and hash every changed file in full instead of taking the chunks of a large
     /// file's previous version that are still in place (the fast path).
     pub full_hash: bool,
+    /// Paths to leave out (see [`crate::Excludes`] for the pattern rules).
+    pub exclude: Vec<String>,
     /// Live counters to update, if someone displays them.
     pub progress: Option<Arc<Progress>>,
     /// Called with each file's path right after it is mapped and before it is read.
@@ -109,6 +111,7 @@ impl BackupOptions {
             batch_files: 64,
             mmap_min_bytes: crate::MMAP_MIN_BYTES,
             full_hash: false,
+            exclude: Vec::new(),
             progress: None,
             after_map: None,
         }
@@ -170,6 +173,9 @@ struct Ctx<'a> {
     fast_path: bool,
     /// Ids of the all-zero chunks stored so far, by length.
     zero_ids: Mutex<HashMap<usize, BlobId>>,
+    /// The backed-up directory, and what to leave out of it.
+    source: PathBuf,
+    excludes: Option<crate::Excludes>,
 }
 
 impl Ctx<'_> {
@@ -755,6 +761,14 @@ impl Scan<'_, '_> {
             if entry.depth() == 0 {
                 continue;
             }
+            if let Some(ex) = &self.ctx.excludes
+                && entry
+                    .path()
+                    .strip_prefix(&self.ctx.source)
+                    .is_ok_and(|rel| ex.matches(rel))
+            {
+                continue;
+            }
             match entry.metadata() {
                 Ok(md) => out.push((entry.into_path(), md)),
                 Err(e) => self.ctx.skip(entry.path(), e),
@@ -811,6 +825,16 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
             reason: "not a directory".into(),
         });
     }
+    let excludes = if options.exclude.is_empty() {
+        None
+    } else {
+        Some(
+            crate::Excludes::new(&options.exclude).map_err(|reason| Error::Source {
+                path: source.clone(),
+                reason,
+            })?,
+        )
+    };
     let source_str = source.to_string_lossy().into_owned();
     let parent = match &options.parent {
         ParentChoice::None => None,
@@ -842,6 +866,8 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         mmap_min_bytes: options.mmap_min_bytes,
         fast_path: !options.full_hash,
         zero_ids: Mutex::new(HashMap::new()),
+        source: source.clone(),
+        excludes,
     };
     if let Some(p) = &options.progress {
         spawn_prescan(source.clone(), p.clone());

@@ -22,6 +22,7 @@
 
 mod backup;
 mod error;
+mod exclude;
 mod fastpath;
 mod mapped;
 mod meta;
@@ -30,6 +31,7 @@ mod restore;
 
 pub use backup::{BackupOptions, BackupReport, FileHook, ParentChoice, Unreadable, backup};
 pub use error::{Error, Result};
+pub use exclude::Excludes;
 pub use progress::Progress;
 pub use restore::{RestoreOptions, RestoreReport, restore};
 

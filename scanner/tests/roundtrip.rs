@@ -548,6 +548,40 @@ fn missing_source_and_non_directory_are_named() {
     assert!(err.to_string().contains("not a directory"), "{err}");
 }
 
+#[test]
+fn excluded_paths_are_left_out() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    let src = tmp.path().join("src");
+    for (path, data) in [
+        ("keep.txt", "k"),
+        ("a.lock", "l"),
+        ("pg_wal/0001", "w"),
+        ("pg_wal/0002.tmp", "t"),
+        ("deep/x/y.lock", "l"),
+        ("cache/big", "c"),
+    ] {
+        let p = src.join(path);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, data).expect("write");
+    }
+    let mut options = BackupOptions::new(&src);
+    options.exclude = vec!["*.lock".into(), "pg_wal/*.tmp".into(), "cache".into()];
+    let report = backup(&repo, &options).expect("backup");
+    assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
+    let out = tmp.path().join("out");
+    restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+    let mut got: Vec<String> = walk(&out)
+        .into_iter()
+        .map(|(_, rel)| rel.display().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["deep", "deep/x", "keep.txt", "pg_wal", "pg_wal/0001"]);
+    options.exclude = vec!["[bad".into()];
+    let err = backup(&repo, &options).expect_err("bad pattern");
+    assert!(err.to_string().contains("[bad"), "{err}");
+}
+
 fn snapshot_with(repo: &Repository, nodes: Vec<Node>) -> Snapshot {
     let (tree, _) = repo.save_tree(&Tree { nodes }).expect("tree");
     repo.flush().expect("flush");
