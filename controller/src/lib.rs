@@ -2,6 +2,7 @@
 //! selection, controllers, node agent and restore-wait. The engine crates (`store`,
 //! `scanner`) know nothing of Kubernetes; this crate wires them to it.
 
+pub mod agent;
 pub mod aggregate;
 pub mod crd;
 pub mod hostpath;

@@ -92,6 +92,9 @@ pub struct BackupOptions {
     pub full_hash: bool,
     /// Paths to leave out (see [`crate::Excludes`] for the pattern rules).
     pub exclude: Vec<String>,
+    /// Set to stop the backup: it ends with [`Error::Canceled`] and writes no snapshot
+    /// (what it stored is flushed, for the next backup to reuse, or prune to remove).
+    pub cancel: Option<Arc<AtomicBool>>,
     /// Live counters to update, if someone displays them.
     pub progress: Option<Arc<Progress>>,
     /// Called with each file's path right after it is mapped and before it is read.
@@ -112,6 +115,7 @@ impl BackupOptions {
             mmap_min_bytes: crate::MMAP_MIN_BYTES,
             full_hash: false,
             exclude: Vec::new(),
+            cancel: None,
             progress: None,
             after_map: None,
         }
@@ -176,6 +180,7 @@ struct Ctx<'a> {
     /// The backed-up directory, and what to leave out of it.
     source: PathBuf,
     excludes: Option<crate::Excludes>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Ctx<'_> {
@@ -194,7 +199,13 @@ impl Ctx<'_> {
     }
 
     fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.failed.load(Ordering::Acquire) || self.canceled()
+    }
+
+    fn canceled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Acquire))
     }
 
     fn progress(&self, files: u64, bytes: u64) {
@@ -868,6 +879,7 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         zero_ids: Mutex::new(HashMap::new()),
         source: source.clone(),
         excludes,
+        cancel: options.cancel.clone(),
     };
     if let Some(p) = &options.progress {
         spawn_prescan(source.clone(), p.clone());
@@ -911,6 +923,12 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
     let root = scan.sched.root.lock().take();
     if let Some(e) = ctx.fatal.lock().take() {
         return Err(e.into());
+    }
+    if ctx.canceled() {
+        repo.flush()?;
+        return Err(Error::Canceled {
+            path: source.clone(),
+        });
     }
     let root = root.ok_or_else(|| Error::Source {
         path: source.clone(),

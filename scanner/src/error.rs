@@ -14,6 +14,9 @@ pub enum Error {
     /// The directory to back up cannot be used.
     #[error("source {path}: {reason}")]
     Source { path: PathBuf, reason: String },
+    /// The backup was canceled; no snapshot was written.
+    #[error("backup of {path} canceled")]
+    Canceled { path: PathBuf },
     /// The restore target cannot be used.
     #[error("restore target {path}: {reason}")]
     Target { path: PathBuf, reason: String },

@@ -1,0 +1,244 @@
+//! The node agent's work on one volume, independent of how the request arrives: back up a
+//! pod volume's directory with the right parent, reporting progress, honouring cancel and
+//! a time limit; restore a snapshot into a volume and leave the marker `restore-wait`
+//! waits for; and `restore-wait` itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use podvault_scanner::{BackupOptions, ParentChoice, Progress as ScanProgress, RestoreOptions};
+use podvault_store::Repository;
+
+use crate::crd::{Phase, PodVolumeStatus, Progress};
+
+/// The snapshot tag that carries a volume's lineage (see [`crate::lineage`]).
+pub const LINEAGE_TAG: &str = "lineage=";
+/// The directory, inside a restored volume, that holds restore markers.
+pub const MARKER_DIR: &str = ".podvault";
+
+/// One volume to back up.
+#[derive(Clone, Debug)]
+pub struct VolumeBackup {
+    /// The volume's directory on the node (from [`crate::hostpath::resolve`]).
+    pub dir: PathBuf,
+    /// Its lineage: the parent is the latest snapshot of the same lineage.
+    pub lineage: String,
+    /// Paths to leave out.
+    pub exclude: Vec<String>,
+    /// More snapshot tags (backup name, pod, namespace).
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (the node).
+    pub host: String,
+    /// Time limit.
+    pub timeout: Duration,
+    /// How often progress is reported.
+    pub report_every: Duration,
+}
+
+fn status(phase: Phase, message: Option<String>) -> PodVolumeStatus {
+    PodVolumeStatus {
+        phase,
+        message,
+        ..PodVolumeStatus::default()
+    }
+}
+
+fn progress_of(p: &ScanProgress) -> Progress {
+    let (_, done, _, total, _) = p.read();
+    Progress {
+        total_bytes: total.max(done),
+        bytes_done: done,
+        bytes_new: 0,
+    }
+}
+
+/// Backs up one volume. `cancel` stops it (the result is `Canceled`); `report` is called
+/// with the progress every `report_every` while it runs. The result is the final status.
+pub fn back_up_volume(
+    repo: &Repository,
+    job: &VolumeBackup,
+    cancel: &Arc<AtomicBool>,
+    mut report: impl FnMut(&Progress),
+) -> PodVolumeStatus {
+    let lineage_tag = format!("{LINEAGE_TAG}{}", job.lineage);
+    let parent = match repo.snapshots() {
+        Ok(all) => all
+            .into_iter()
+            .rfind(|(_, s)| s.tags.contains(&lineage_tag))
+            .map(|(id, _)| ParentChoice::Id(id))
+            .unwrap_or(ParentChoice::None),
+        Err(e) => return status(Phase::Failed, Some(format!("listing snapshots: {e}"))),
+    };
+    let progress = Arc::new(ScanProgress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut options = BackupOptions::new(&job.dir);
+    options.parent = parent;
+    options.exclude = job.exclude.clone();
+    options.host = job.host.clone();
+    options.tags = std::iter::once(lineage_tag)
+        .chain(job.tags.clone())
+        .collect();
+    options.progress = Some(progress.clone());
+    options.cancel = Some(stop.clone());
+    let started = Instant::now();
+    let mut timed_out = false;
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| podvault_scanner::backup(repo, &options));
+        let mut last = Instant::now();
+        while !worker.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+            if cancel.load(Ordering::Acquire) {
+                stop.store(true, Ordering::Release);
+            }
+            if started.elapsed() > job.timeout && !timed_out {
+                timed_out = true;
+                stop.store(true, Ordering::Release);
+            }
+            if last.elapsed() >= job.report_every {
+                report(&progress_of(&progress));
+                last = Instant::now();
+            }
+        }
+        worker.join()
+    });
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => return status(Phase::Failed, Some("the backup thread panicked".into())),
+    };
+    match result {
+        Ok(done) => {
+            let summary = &done.snapshot.summary;
+            let mut st = status(Phase::Completed, None);
+            st.snapshot_id = Some(done.id.to_hex());
+            st.progress = Progress {
+                total_bytes: summary.bytes_total,
+                bytes_done: summary.bytes_total,
+                bytes_new: summary.bytes_new,
+            };
+            if !done.unreadable.is_empty() {
+                st.phase = Phase::PartiallyFailed;
+                st.failed_paths = done.unreadable.iter().map(|u| u.path.clone()).collect();
+                st.message = Some(format!(
+                    "{} files could not be read and were left out",
+                    done.unreadable.len()
+                ));
+            }
+            st
+        }
+        Err(podvault_scanner::Error::Canceled { .. }) if timed_out => {
+            let mut st = status(
+                Phase::Failed,
+                Some(format!("timed out after {} s", job.timeout.as_secs())),
+            );
+            st.progress = progress_of(&progress);
+            st
+        }
+        Err(podvault_scanner::Error::Canceled { .. }) => {
+            let mut st = status(Phase::Canceled, Some("canceled".into()));
+            st.progress = progress_of(&progress);
+            st
+        }
+        Err(e) => status(Phase::Failed, Some(e.to_string())),
+    }
+}
+
+/// Restores `snapshot` into a volume's directory (overwriting what the snapshot also
+/// has), then writes the marker `.podvault/<restore_uid>` (directory 0755, file 0644, so
+/// the helper sees it whatever user it runs as). Attributes that could not be restored
+/// (ownership on NFS with root_squash, say) make the volume `PartiallyFailed` with the
+/// paths listed; the marker is written all the same, as the data is there.
+pub fn restore_volume(
+    repo: &Repository,
+    snapshot_id: &str,
+    dir: &Path,
+    restore_uid: &str,
+) -> PodVolumeStatus {
+    let found = repo.find_snapshot(snapshot_id);
+    let (_, snapshot) = match found {
+        Ok(s) => s,
+        Err(e) => return status(Phase::Failed, Some(e.to_string())),
+    };
+    let mut options = RestoreOptions::new(dir);
+    options.overwrite = true;
+    let report = match podvault_scanner::restore(repo, &snapshot, &options) {
+        Ok(r) => r,
+        Err(e) => return status(Phase::Failed, Some(e.to_string())),
+    };
+    if let Err(e) = write_marker(dir, restore_uid) {
+        return status(
+            Phase::Failed,
+            Some(format!(
+                "data restored, but the marker could not be written: {e}"
+            )),
+        );
+    }
+    let mut st = status(Phase::Completed, None);
+    st.snapshot_id = Some(snapshot_id.to_string());
+    st.progress = Progress {
+        total_bytes: report.bytes,
+        bytes_done: report.bytes,
+        bytes_new: 0,
+    };
+    if !report.warnings.is_empty() {
+        st.phase = Phase::PartiallyFailed;
+        st.message = Some(format!(
+            "{} attributes could not be restored",
+            report.warnings.len()
+        ));
+        st.failed_paths = report.warnings.clone();
+    }
+    st
+}
+
+fn write_marker(dir: &Path, restore_uid: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let marker_dir = dir.join(MARKER_DIR);
+    std::fs::create_dir_all(&marker_dir)?;
+    std::fs::set_permissions(&marker_dir, std::fs::Permissions::from_mode(0o755))?;
+    let marker = marker_dir.join(restore_uid);
+    std::fs::write(&marker, b"")?;
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))
+}
+
+/// What `restore-wait` concluded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Every volume has its marker.
+    Restored,
+    /// A restore failed: the pod must not start.
+    Failed(String),
+    /// The time limit passed.
+    TimedOut(Vec<PathBuf>),
+}
+
+/// `restore-wait`: waits until each of `volumes` (mounted at `/restores/<volume>`) holds
+/// the marker of `restore_uid`. `failure` is asked on each round whether a restore of this
+/// pod failed (from the PodVolumeRestores), which ends the wait at once.
+pub fn wait_for_markers(
+    volumes: &[PathBuf],
+    restore_uid: &str,
+    poll: Duration,
+    timeout: Duration,
+    mut failure: impl FnMut() -> Option<String>,
+) -> WaitOutcome {
+    let started = Instant::now();
+    loop {
+        let missing: Vec<PathBuf> = volumes
+            .iter()
+            .filter(|v| !v.join(MARKER_DIR).join(restore_uid).is_file())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return WaitOutcome::Restored;
+        }
+        if let Some(reason) = failure() {
+            return WaitOutcome::Failed(reason);
+        }
+        if started.elapsed() >= timeout {
+            return WaitOutcome::TimedOut(missing);
+        }
+        std::thread::sleep(poll);
+    }
+}
