@@ -500,3 +500,49 @@ fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn restore_wait(args: crate::RestoreWaitArgs) -> Result<ExitCode> {
+    use podvault_controller::agent::{WaitOutcome, wait_for_markers};
+    let volumes: Vec<std::path::PathBuf> = args.volumes.iter().map(|v| args.root.join(v)).collect();
+    for (name, dir) in args.volumes.iter().zip(&volumes) {
+        if !dir.is_dir() {
+            bail!(
+                "volume {name} is not mounted at {}: the helper needs each volume it waits for",
+                dir.display()
+            );
+        }
+    }
+    let timeout = if args.timeout == 0 {
+        std::time::Duration::MAX
+    } else {
+        std::time::Duration::from_secs(args.timeout)
+    };
+    eprintln!(
+        "podvault restore-wait: waiting for restore {} of {}",
+        args.restore_uid,
+        args.volumes.join(", ")
+    );
+    let outcome = wait_for_markers(
+        &volumes,
+        &args.restore_uid,
+        std::time::Duration::from_millis(args.poll_ms.max(10)),
+        timeout,
+        || None,
+    );
+    match outcome {
+        WaitOutcome::Restored => {
+            eprintln!("podvault restore-wait: every volume is restored");
+            Ok(ExitCode::SUCCESS)
+        }
+        WaitOutcome::Failed(reason) => bail!("a volume's restore failed: {reason}"),
+        WaitOutcome::TimedOut(missing) => bail!(
+            "still not restored after {} s: {}",
+            args.timeout,
+            missing
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}

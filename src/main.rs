@@ -75,6 +75,34 @@ enum Command {
     Snapshot(SnapshotCommand),
     /// Print podvault's CustomResourceDefinitions (YAML, for `kubectl apply -f -`).
     Crds,
+    /// The restore helper (init container): wait until every volume given is restored.
+    /// Exits 0 then; non-zero with the reason if a volume's restore failed or time ran out,
+    /// so the pod never starts on half-restored data.
+    RestoreWait(RestoreWaitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreWaitArgs {
+    /// The Restore's UID (the marker's name).
+    #[arg(long, value_name = "UID")]
+    restore_uid: String,
+    /// The volumes to wait for, mounted at ROOT/<volume> (repeatable, or comma-separated).
+    #[arg(
+        long = "volume",
+        value_name = "NAME",
+        value_delimiter = ',',
+        required = true
+    )]
+    volumes: Vec<String>,
+    /// Where the volumes are mounted.
+    #[arg(long, default_value = "/restores", value_name = "DIR")]
+    root: PathBuf,
+    /// Give up after this many seconds (0: wait for ever).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    timeout: u64,
+    /// Look every this many milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    poll_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,6 +336,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Repo(cmd) => commands::repo(&cli.global, cmd),
         Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
+        Command::RestoreWait(args) => commands::restore_wait(args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
                 print!("{y}");

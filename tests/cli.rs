@@ -473,3 +473,77 @@ fn maintenance_commands_forget_prune_repair_check_subsets_and_keys() {
     let keys = by_newer.json(&["repo", "key", "list"]);
     assert_eq!(keys.as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn restore_wait_ends_on_markers_and_fails_on_a_failure_marker() {
+    let env = Env::new();
+    let root = env.root.join("restores");
+    for v in ["data", "cache"] {
+        fs::create_dir_all(root.join(v)).expect("mkdir");
+    }
+    let wait = |extra: &[&str]| {
+        let mut args = vec![
+            "restore-wait",
+            "--restore-uid",
+            "r-1",
+            "--volume",
+            "data,cache",
+            "--root",
+            root.to_str().expect("utf-8"),
+            "--poll-ms",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        env.cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let child = wait(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for v in ["data", "cache"] {
+        fs::create_dir_all(root.join(v).join(".podvault")).expect("mkdir");
+        fs::write(root.join(v).join(".podvault/r-1"), "").expect("marker");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    fs::remove_file(root.join("cache/.podvault/r-1")).expect("rm");
+    fs::write(
+        root.join("cache/.podvault/r-1.failed"),
+        "snapshot 1a2b not found\n",
+    )
+    .expect("w");
+    let out = wait(&[]).wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("snapshot 1a2b not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    fs::remove_file(root.join("cache/.podvault/r-1.failed")).expect("rm");
+    let out = wait(&["--timeout", "1"]).wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("still not restored"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "restore-wait",
+        "--restore-uid",
+        "r-1",
+        "--volume",
+        "nope",
+        "--root",
+        root.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        stderr(&out).contains("volume nope is not mounted"),
+        "{}",
+        stderr(&out)
+    );
+}

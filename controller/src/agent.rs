@@ -15,7 +15,9 @@ use crate::crd::{Phase, PodVolumeStatus, Progress};
 
 /// The snapshot tag that carries a volume's lineage (see [`crate::lineage`]).
 pub const LINEAGE_TAG: &str = "lineage=";
-/// The directory, inside a restored volume, that holds restore markers.
+/// The directory, inside a restored volume, that holds restore markers: `<restore-uid>`
+/// when the volume is restored, `<restore-uid>.failed` (holding the reason) when its
+/// restore failed, so the helper needs no access to the Kubernetes API.
 pub const MARKER_DIR: &str = ".podvault";
 
 /// One volume to back up.
@@ -155,18 +157,28 @@ pub fn restore_volume(
     dir: &Path,
     restore_uid: &str,
 ) -> PodVolumeStatus {
+    let fail = |message: String| {
+        // Best effort: tells the helper at once instead of after its time limit.
+        if let Err(e) = write_marker_file(dir, &format!("{restore_uid}.failed"), &message) {
+            tracing::warn!(
+                "could not write the failure marker in {}: {e}",
+                dir.display()
+            );
+        }
+        status(Phase::Failed, Some(message))
+    };
     let found = repo.find_snapshot(snapshot_id);
     let (_, snapshot) = match found {
         Ok(s) => s,
-        Err(e) => return status(Phase::Failed, Some(e.to_string())),
+        Err(e) => return fail(e.to_string()),
     };
     let mut options = RestoreOptions::new(dir);
     options.overwrite = true;
     let report = match podvault_scanner::restore(repo, &snapshot, &options) {
         Ok(r) => r,
-        Err(e) => return status(Phase::Failed, Some(e.to_string())),
+        Err(e) => return fail(e.to_string()),
     };
-    if let Err(e) = write_marker(dir, restore_uid) {
+    if let Err(e) = write_marker_file(dir, restore_uid, "") {
         return status(
             Phase::Failed,
             Some(format!(
@@ -192,13 +204,13 @@ pub fn restore_volume(
     st
 }
 
-fn write_marker(dir: &Path, restore_uid: &str) -> std::io::Result<()> {
+fn write_marker_file(dir: &Path, name: &str, content: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let marker_dir = dir.join(MARKER_DIR);
     std::fs::create_dir_all(&marker_dir)?;
     std::fs::set_permissions(&marker_dir, std::fs::Permissions::from_mode(0o755))?;
-    let marker = marker_dir.join(restore_uid);
-    std::fs::write(&marker, b"")?;
+    let marker = marker_dir.join(name);
+    std::fs::write(&marker, content)?;
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))
 }
 
@@ -214,8 +226,8 @@ pub enum WaitOutcome {
 }
 
 /// `restore-wait`: waits until each of `volumes` (mounted at `/restores/<volume>`) holds
-/// the marker of `restore_uid`. `failure` is asked on each round whether a restore of this
-/// pod failed (from the PodVolumeRestores), which ends the wait at once.
+/// the marker of `restore_uid`. A failure marker in any volume, or `failure` (asked each
+/// round, for other sources of failure) ends the wait at once.
 pub fn wait_for_markers(
     volumes: &[PathBuf],
     restore_uid: &str,
@@ -232,6 +244,12 @@ pub fn wait_for_markers(
             .collect();
         if missing.is_empty() {
             return WaitOutcome::Restored;
+        }
+        let failed = format!("{restore_uid}.failed");
+        for v in volumes {
+            if let Ok(reason) = std::fs::read_to_string(v.join(MARKER_DIR).join(&failed)) {
+                return WaitOutcome::Failed(format!("{}: {}", v.display(), reason.trim()));
+            }
         }
         if let Some(reason) = failure() {
             return WaitOutcome::Failed(reason);

@@ -145,4 +145,15 @@ fn a_volume_is_backed_up_incrementally_across_pods_canceled_failed_and_restored(
     );
     let missing = restore_volume(&repo, "ffffffff", &target, "restore-2");
     assert_eq!(missing.phase, Phase::Failed);
+    // The helper learns of the failure from the volume itself.
+    match wait_for_markers(
+        &mounted,
+        "restore-2",
+        Duration::from_millis(5),
+        Duration::from_secs(5),
+        || None,
+    ) {
+        WaitOutcome::Failed(reason) => assert!(reason.contains("ffffffff"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }
