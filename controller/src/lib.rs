@@ -7,4 +7,5 @@ pub mod aggregate;
 pub mod crd;
 pub mod hostpath;
 pub mod lineage;
+pub mod plan;
 pub mod select;

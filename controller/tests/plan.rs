@@ -1,0 +1,153 @@
+//! The backup controller's plan on real manifests: scope, selector, shared claims, lineage.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use podvault_controller::crd::BackupSpec;
+use podvault_controller::plan::{in_scope, matches, plan_backup, repository_for};
+
+fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("manifest")
+}
+
+/// Claims by (namespace, name).
+type Claims = BTreeMap<(String, String), PersistentVolumeClaim>;
+
+fn cluster() -> (Vec<Pod>, Claims, BTreeMap<String, PersistentVolume>) {
+    let db: Pod = fixture("pod-db.json");
+    let mut replica = db.clone();
+    replica.metadata.name = Some("db-7d9c6b5f4-aaaaa".into());
+    replica.spec.as_mut().expect("spec").node_name = Some("worker-2".into());
+    let mut elsewhere = db.clone();
+    elsewhere.metadata.namespace = Some("kube-system".into());
+    let mut web = db.clone();
+    web.metadata.name = Some("web-0".into());
+    web.metadata.labels = Some(BTreeMap::from([("app".to_string(), "web".to_string())]));
+    let claims: Vec<PersistentVolumeClaim> = fixture("claims.json");
+    let volumes: Vec<PersistentVolume> = fixture("volumes.json");
+    (
+        vec![replica, db, elsewhere, web],
+        claims
+            .into_iter()
+            .map(|c| {
+                (
+                    (
+                        c.metadata.namespace.clone().unwrap_or_default(),
+                        c.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    c,
+                )
+            })
+            .collect(),
+        volumes
+            .into_iter()
+            .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_backup_plans_one_volume_backup_per_volume_in_scope() {
+    let (pods, claims, volumes) = cluster();
+    let spec: BackupSpec = serde_json::from_value(serde_json::json!({
+        "includedNamespaces": ["*"],
+        "excludedNamespaces": ["kube-system"],
+        "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]}
+    }))
+    .expect("spec");
+    let plan = plan_backup("nightly", &spec, &pods, &claims, &volumes).expect("plan");
+    let got: Vec<(String, String, String)> = plan
+        .volumes
+        .iter()
+        .map(|v| (v.pod.name.clone(), v.volume.clone(), v.node.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "db-7d9c6b5f4-aaaaa".into(),
+                "data".into(),
+                "worker-2".into()
+            ),
+            (
+                "db-7d9c6b5f4-aaaaa".into(),
+                "scratch".into(),
+                "worker-2".into()
+            ),
+            (
+                "db-7d9c6b5f4-x2k8q".into(),
+                "scratch".into(),
+                "worker-1".into()
+            ),
+        ]
+    );
+    let data = &plan.volumes[0];
+    assert_eq!(data.lineage, "pvc/shop/pgdata");
+    assert_eq!(data.repository, "shop");
+    assert_eq!(data.tags["backup"], "nightly");
+    assert_eq!(
+        plan.volumes[1].lineage, plan.volumes[2].lineage,
+        "same workload and volume"
+    );
+    assert_eq!(plan.repositories, ["shop"]);
+    assert!(
+        plan.skipped.iter().any(|s| s.pod == "db-7d9c6b5f4-x2k8q"
+            && s.reason
+                .contains("backed up through pod db-7d9c6b5f4-aaaaa")),
+        "{:?}",
+        plan.skipped
+    );
+    let bad: BackupSpec = serde_json::from_value(serde_json::json!({
+        "labelSelector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}
+    }))
+    .expect("spec");
+    let err = plan_backup("x", &bad, &pods, &claims, &volumes).expect_err("bad selector");
+    assert!(err.to_string().contains("Near"), "{err}");
+}
+
+#[test]
+fn scope_selectors_and_repository_names() {
+    let spec = BackupSpec {
+        included_namespaces: vec!["shop".into(), "blog".into()],
+        excluded_namespaces: vec!["blog".into()],
+        ..BackupSpec::default()
+    };
+    assert!(in_scope(&spec, "shop") && !in_scope(&spec, "blog") && !in_scope(&spec, "x"));
+    assert!(in_scope(&BackupSpec::default(), "anything"));
+    let labels = BTreeMap::from([("app".to_string(), "db".to_string())]);
+    let sel = |v: serde_json::Value| serde_json::from_value(v).expect("selector");
+    assert!(
+        matches(
+            &sel(serde_json::json!({"matchLabels": {"app": "db"}})),
+            &labels
+        )
+        .expect("ok")
+    );
+    assert!(
+        !matches(
+            &sel(serde_json::json!({"matchLabels": {"app": "web"}})),
+            &labels
+        )
+        .expect("ok")
+    );
+    assert!(matches(&sel(serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]})), &labels).expect("ok"));
+    assert!(!matches(&sel(serde_json::json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["db"]}]})), &labels).expect("ok"));
+    assert!(
+        matches(
+            &sel(serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]})),
+            &labels
+        )
+        .expect("ok")
+    );
+    assert_eq!(
+        repository_for("shop", "s3://bucket/backups/"),
+        (
+            "shop".to_string(),
+            "s3://bucket/backups/podvault/shop".to_string()
+        )
+    );
+}
