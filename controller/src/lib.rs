@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod crd;
+pub mod duration;
 pub mod hostpath;
 pub mod lineage;
 pub mod plan;
