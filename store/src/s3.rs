@@ -121,6 +121,12 @@ pub struct S3Backend {
     runtime: tokio::runtime::Runtime,
 }
 
+/// An answer that says the object (or the range asked for) is not there.
+enum Miss {
+    NotFound,
+    BadRange,
+}
+
 /// How a failed attempt is treated.
 enum Failure {
     /// Retrying may help.
@@ -258,14 +264,34 @@ impl S3Backend {
         self.options.attempt_timeout + self.options.timeout_per_mib * mib as u32
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or attempts run out.
+    /// Runs `attempt` until it succeeds, fails permanently, or attempts run out; a missing
+    /// object or range is an error.
     async fn retry<T, F, Fut>(
         &self,
         op: &'static str,
         key: &str,
         bytes: usize,
-        mut attempt: F,
+        attempt: F,
     ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        match self.retry_or_miss(op, key, bytes, attempt).await? {
+            Ok(v) => Ok(v),
+            Err(Miss::NotFound) => Err(self.error(op, key, "not found".into(), false)),
+            Err(Miss::BadRange) => Err(self.error(op, key, "range not satisfiable".into(), false)),
+        }
+    }
+
+    /// [`Self::retry`] for callers to whom a missing object or range is an answer.
+    async fn retry_or_miss<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        bytes: usize,
+        mut attempt: F,
+    ) -> Result<std::result::Result<T, Miss>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
@@ -275,17 +301,15 @@ impl S3Backend {
         loop {
             tries += 1;
             let failure = match tokio::time::timeout(limit, attempt()).await {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => return Ok(Ok(v)),
                 Ok(Err(f)) => f,
                 Err(_) => Failure::Transient(format!("no answer within {limit:?}")),
             };
             let message = match failure {
                 Failure::Transient(m) => m,
                 Failure::Permanent(m) => return Err(self.error(op, key, m, false)),
-                Failure::NotFound => return Err(self.error(op, key, "not found".into(), false)),
-                Failure::BadRange => {
-                    return Err(self.error(op, key, "range not satisfiable".into(), false));
-                }
+                Failure::NotFound => return Ok(Err(Miss::NotFound)),
+                Failure::BadRange => return Ok(Err(Miss::BadRange)),
             };
             if tries >= self.options.max_attempts {
                 return Err(self.error(
@@ -334,7 +358,7 @@ impl S3Backend {
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Option<Vec<u8>>> {
         let expected = range.map_or(0, |(_, len)| len as usize);
         let result = self
-            .retry("GET", key, expected, || async {
+            .retry_or_miss("GET", key, expected, || async {
                 let mut req = self.client.get_object().bucket(&self.bucket).key(key);
                 if let Some((offset, len)) = range {
                     req = req.range(format!("bytes={offset}-{}", offset + len - 1));
@@ -347,15 +371,13 @@ impl S3Backend {
                     .map_err(|e| Failure::Transient(format!("the body was cut short: {e}")))?;
                 Ok(body.into_bytes().to_vec())
             })
-            .await;
-        match result {
-            Ok(v) => Ok(Some(v)),
-            Err(Error::Remote { message, .. }) if message == "not found" => Ok(None),
-            Err(Error::Remote { message, .. }) if message == "range not satisfiable" => {
-                Ok(Some(Vec::new()))
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(match result {
+            Ok(v) => Some(v),
+            Err(Miss::NotFound) => None,
+            // The range starts at or past the end: nothing there.
+            Err(Miss::BadRange) => Some(Vec::new()),
+        })
     }
 
     async fn put(&self, key: &str, data: bytes::Bytes) -> Result<()> {
@@ -468,7 +490,7 @@ impl S3Backend {
     fn check_bucket(&self) -> Result<()> {
         let result = self
             .runtime
-            .block_on(self.retry("HeadBucket", "", 0, || async {
+            .block_on(self.retry_or_miss("HeadBucket", "", 0, || async {
                 self.client
                     .head_bucket()
                     .bucket(&self.bucket)
@@ -477,11 +499,9 @@ impl S3Backend {
                     .map_err(|e| classify(&e))?;
                 Ok(())
             }));
-        match result {
-            Err(Error::Remote { message, .. }) if message == "not found" => {
-                Err(self.error("HeadBucket", "", "the bucket does not exist".into(), false))
-            }
-            other => other,
+        match result? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.error("HeadBucket", "", "the bucket does not exist".into(), false)),
         }
     }
 
@@ -578,7 +598,7 @@ impl Backend for S3Backend {
         let key = self.key(kind, name);
         let result = self
             .runtime
-            .block_on(self.retry("DELETE", &key, 0, || async {
+            .block_on(self.retry_or_miss("DELETE", &key, 0, || async {
                 self.client
                     .delete_object()
                     .bucket(&self.bucket)
@@ -588,10 +608,8 @@ impl Backend for S3Backend {
                     .map_err(|e| classify(&e))?;
                 Ok(())
             }));
-        match result {
-            Err(Error::Remote { message, .. }) if message == "not found" => Ok(()),
-            other => other,
-        }
+        // Deleting what is not there is not an error.
+        result.map(|_| ())
     }
 
     fn create(&self) -> Result<()> {
