@@ -81,23 +81,34 @@ fn prompt(text: &str, confirm: bool) -> Result<Vec<u8>> {
     Ok(p.into_bytes())
 }
 
-fn open(global: &Global) -> Result<Repository> {
+/// The backend and the password, checking first that the location holds a repository
+/// (so a missing or foreign location fails before a password is asked for).
+fn located(global: &Global) -> Result<(Arc<dyn Backend>, Vec<u8>)> {
     let backend = backend(global)?;
-    // Fail on a missing or foreign location before asking for a password.
     Repository::read_config(backend.as_ref())?;
     let password = password(global, false)?;
+    Ok((backend, password))
+}
+
+fn open(global: &Global) -> Result<Repository> {
+    let (backend, password) = located(global)?;
     Ok(Repository::open(backend, &password)?)
 }
 
 /// Opens the repository for a command that reads or writes data while others may run
 /// (see FORMAT.md, "Concurrency"); the session lasts as long as the returned value.
 fn open_session(global: &Global, command: &str, access: Access) -> Result<(Repository, Session)> {
-    let backend = backend(global)?;
-    Repository::read_config(backend.as_ref())?;
-    let password = password(global, false)?;
+    let (backend, password) = located(global)?;
     Ok(Repository::open_session(
         backend, &password, command, access,
     )?)
+}
+
+/// Opens the repository in a session without loading its index (for check and repair,
+/// which read it themselves).
+fn open_bare(global: &Global, command: &str) -> Result<(Repository, Session)> {
+    let (backend, password) = located(global)?;
+    Ok(Repository::open_session_bare(backend, &password, command)?)
 }
 
 fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
@@ -149,7 +160,8 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             read_data,
             read_data_subset,
         } => {
-            let (repo, _session) = open_session(global, "check", Access::Read)?;
+            // check loads the index itself, after listing snapshots.
+            let (repo, _session) = open_bare(global, "check")?;
             let report = repo.check(CheckOptions {
                 read_data,
                 read_data_subset,
@@ -235,9 +247,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RepoCommand::Repair(RepairCommand::Index) => {
-            let backend = backend(global)?;
-            Repository::read_config(backend.as_ref())?;
-            let (repo, _session) = Repository::open_for_repair(backend, &password(global, false)?)?;
+            let (repo, _session) = open_bare(global, "repair")?;
             let report = repo.repair_index()?;
             if global.json {
                 output::json(&report)?;

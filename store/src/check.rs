@@ -64,8 +64,7 @@ impl Repository {
         // alarm: the snapshots listed have their index entries written already, and a pack
         // a prune deletes after the index is loaded was marked before.
         let snapshot_names = self.backend().list(FileKind::Snapshot)?;
-        let marked = self.marked_packs()?;
-        self.load_index(crate::Access::Read)?;
+        let marked = self.load_index(crate::Access::Read)?;
         // Index files decrypt and parse (open() already loaded them; re-read to name each one).
         for (name, _) in self.backend().list(FileKind::Index)? {
             if let Err(e) = self.read_index_file(&name)

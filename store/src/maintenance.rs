@@ -379,9 +379,8 @@ impl Repository {
     /// Indexes the packs that an interrupted backup uploaded but did not index (leaving
     /// out packs marked for deletion), so their blobs are not uploaded again. Returns how
     /// many packs were recovered.
-    pub(crate) fn recover_unindexed_packs(&self) -> Result<usize> {
+    pub(crate) fn recover_unindexed_packs(&self, marked: &HashSet<PackId>) -> Result<usize> {
         let known: HashSet<PackId> = self.index_packs().into_iter().collect();
-        let marked = self.marked_packs()?;
         let mut found = Vec::new();
         for (name, size) in self.backend().list(FileKind::Pack)? {
             let Some(id) = PackId::from_hex(&name) else {
@@ -573,22 +572,18 @@ impl Repository {
 
         // Phase 2: delete what no session that might use it still runs for.
         let mut ready = Vec::new();
+        let live = self.live_sessions(own.name())?;
         for (name, mut marker) in markers {
-            let waiting = match &marker.sessions {
-                Some(listed) => {
-                    let live: HashSet<String> =
-                        self.live_sessions(own.name())?.into_iter().collect();
-                    listed
-                        .iter()
-                        .filter(|s| live.contains(*s))
-                        .cloned()
-                        .collect()
-                }
+            let waiting: Vec<String> = match &marker.sessions {
+                Some(listed) => listed
+                    .iter()
+                    .filter(|s| live.contains(*s))
+                    .cloned()
+                    .collect(),
                 None => {
-                    let live = self.live_sessions(own.name())?;
                     marker.sessions = Some(live.clone());
                     self.write_marker(&name, &marker)?;
-                    live
+                    live.clone()
                 }
             };
             if waiting.is_empty() {

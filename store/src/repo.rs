@@ -301,21 +301,23 @@ impl Repository {
     ) -> Result<(Repository, crate::Session)> {
         let repo = Self::open_keyed(backend, password)?;
         let session = repo.start_session(command)?;
-        repo.load_index(access)?;
+        let marked = repo.load_index(access)?;
         if access == Access::Write {
-            repo.recover_unindexed_packs()?;
+            repo.recover_unindexed_packs(&marked)?;
         }
         Ok((repo, session))
     }
 
-    /// Opens a repository without reading its index (which may be damaged), in a session,
-    /// for [`Repository::repair_index`].
-    pub fn open_for_repair(
+    /// Opens a repository in a session without reading its index: for
+    /// [`Repository::repair_index`] (the index may be damaged) and
+    /// [`Repository::check`] (which loads it itself, in the order its checks need).
+    pub fn open_session_bare(
         backend: Arc<dyn Backend>,
         password: &[u8],
+        command: &str,
     ) -> Result<(Repository, crate::Session)> {
         let repo = Self::open_keyed(backend, password)?;
-        let session = repo.start_session("repair")?;
+        let session = repo.start_session(command)?;
         Ok((repo, session))
     }
 
@@ -351,7 +353,8 @@ impl Repository {
 
     /// Loads every index file. Packs a prune marked for deletion are left out for writers
     /// and come last for readers (a blob stored elsewhere too is read from there).
-    pub(crate) fn load_index(&self, access: Access) -> Result<()> {
+    /// Returns the marked packs, read before the index.
+    pub(crate) fn load_index(&self, access: Access) -> Result<HashSet<PackId>> {
         let marked = self.marked_packs()?;
         let mut index = Index::default();
         let mut later = Vec::new();
@@ -373,7 +376,7 @@ impl Repository {
         }
         index.finish_loading();
         *self.index.write() = index;
-        Ok(())
+        Ok(marked)
     }
 
     /// Every index file. A prune replaces an index file by writing the new one before

@@ -253,8 +253,8 @@ fn a_damaged_index_is_rebuilt_from_the_packs() {
             .expect("damaged index");
         assert!(matches!(err, Error::Corrupt { what: "index", .. }), "{err}");
         // Repair does not need the index: it opens without reading it.
-        let (repo, session) =
-            Repository::open_for_repair(place.backend.clone(), b"pw").expect("open for repair");
+        let (repo, session) = Repository::open_session_bare(place.backend.clone(), b"pw", "repair")
+            .expect("open for repair");
         let report = repo.repair_index().expect("repair");
         drop((repo, session));
         assert_eq!(report.index_files_removed, index_files.len());
