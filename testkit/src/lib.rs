@@ -20,13 +20,13 @@ pub use proxy::{FaultKind, FaultProxy, FaultStats};
 /// The bucket every test server holds.
 pub const BUCKET: &str = "podvault-test";
 
+/// Random hex digits (from std's randomly keyed hasher: enough for test credentials).
 fn random_hex(bytes: usize) -> String {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::BuildHasher;
     let mut out = String::new();
     while out.len() < bytes * 2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(Instant::now().elapsed().as_nanos());
-        out.push_str(&format!("{:016x}", h.finish()));
+        let word = std::collections::hash_map::RandomState::new().hash_one(out.len());
+        out.push_str(&format!("{word:016x}"));
     }
     out.truncate(bytes * 2);
     out
