@@ -26,6 +26,9 @@ pub enum FileKind {
     Session,
     /// `deletions/<id>`: packs a prune marked for deletion (see FORMAT.md).
     Deletion,
+    /// `documents/<name>`: sealed documents an application keeps beside its snapshots
+    /// (podvault's control plane keeps each backup's manifests there).
+    Document,
 }
 
 impl FileKind {
@@ -39,6 +42,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Session => "sessions",
             FileKind::Deletion => "deletions",
+            FileKind::Document => "documents",
         }
     }
 
@@ -52,6 +56,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshot",
             FileKind::Session => "session",
             FileKind::Deletion => "deletion marker",
+            FileKind::Document => "document",
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::{
 
 const INDEX_AAD: &[u8] = b"podvault index v1";
 const SNAPSHOT_AAD: &[u8] = b"podvault snapshot v1";
+const DOCUMENT_AAD: &[u8] = b"podvault document v1";
 
 /// Index files are written after this many new packs, so an interrupted backup leaves its
 /// uploaded packs indexed and a later run can reuse them.
@@ -747,6 +748,50 @@ impl Repository {
         uncbor(&plain, "snapshot", &name)
     }
 
+    /// Stores `data` sealed under the name `name` (letters, digits, `.`, `_` and `-`),
+    /// replacing a document of that name.
+    pub fn save_document(&self, name: &str, data: &[u8]) -> Result<()> {
+        check_document_name(name)?;
+        let mut aad = DOCUMENT_AAD.to_vec();
+        aad.extend_from_slice(name.as_bytes());
+        let sealed = self.keys.sealer.seal(&aad, data)?;
+        self.backend.write_owned(FileKind::Document, name, sealed)
+    }
+
+    /// Reads a document saved by [`save_document`](Self::save_document); `None` if there
+    /// is none of that name. A document renamed or altered in the store fails authentication.
+    pub fn load_document(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        check_document_name(name)?;
+        let sealed = match self.backend.read(FileKind::Document, name) {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut aad = DOCUMENT_AAD.to_vec();
+        aad.extend_from_slice(name.as_bytes());
+        self.keys
+            .sealer
+            .open(&aad, &sealed)
+            .map(Some)
+            .map_err(|_| Error::corrupt("document", name, "fails authentication"))
+    }
+
+    /// The names of the stored documents, sorted.
+    pub fn documents(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list(FileKind::Document)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Removes a document; removing one that does not exist is not an error.
+    pub fn remove_document(&self, name: &str) -> Result<()> {
+        check_document_name(name)?;
+        self.backend.delete(FileKind::Document, name)
+    }
+
     /// Removes a snapshot (its data stays until a prune).
     pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
         self.backend.delete(FileKind::Snapshot, &id.to_hex())
@@ -859,5 +904,22 @@ impl Repository {
 
     pub(crate) fn parse_pack(&self, name: &str, bytes: &[u8]) -> Result<Vec<PackRecord>> {
         parse_pack(&self.keys.sealer, name, bytes)
+    }
+}
+
+fn check_document_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "document name",
+            reason: format!("{name:?} must be 1 to 200 letters, digits, '.', '_' or '-'"),
+        })
     }
 }

@@ -263,3 +263,47 @@ fn chunker_golden_vectors() {
     let want: Vec<&str> = golden.lines().collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn documents_are_sealed_named_and_listed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        documents(&place);
+    }
+}
+
+fn documents(place: &Place) {
+    let repo = Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+    assert_eq!(repo.load_document("backup-a.json").expect("load"), None);
+    repo.save_document("backup-a.json", b"{\"pods\":[]}")
+        .expect("save");
+    repo.save_document("backup-b.json", b"second").expect("save");
+    assert_eq!(
+        repo.load_document("backup-a.json").expect("load").as_deref(),
+        Some(&b"{\"pods\":[]}"[..])
+    );
+    assert_eq!(
+        repo.documents().expect("list"),
+        vec!["backup-a.json".to_string(), "backup-b.json".to_string()]
+    );
+    // Sealed: the plain text is not in the store, and a document moved to another name
+    // fails authentication instead of being read as that name.
+    let raw = place
+        .backend
+        .read(FileKind::Document, "backup-a.json")
+        .expect("raw");
+    assert!(!raw.windows(6).any(|w| w == b"\"pods\""));
+    place
+        .backend
+        .write(FileKind::Document, "backup-c.json", &raw)
+        .expect("copy");
+    let err = repo.load_document("backup-c.json").expect_err("moved");
+    assert!(err.to_string().contains("backup-c.json"), "{err}");
+    for bad in ["", "../x", ".hidden", "a/b"] {
+        let err = repo.save_document(bad, b"x").expect_err(bad);
+        assert!(err.to_string().contains("document name"), "{err}");
+    }
+    repo.remove_document("backup-b.json").expect("remove");
+    repo.remove_document("backup-b.json").expect("remove twice");
+    assert_eq!(repo.documents().expect("list").len(), 2);
+}
