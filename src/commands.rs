@@ -28,15 +28,19 @@ fn backend(global: &Global) -> Result<Arc<dyn Backend>> {
     if spec.is_empty() {
         bail!("the repository location is empty");
     }
-    let options = S3Options {
+    Ok(open_backend(spec, &s3_options(global))?)
+}
+
+/// The S3 client settings of the global flags.
+pub fn s3_options(global: &Global) -> S3Options {
+    S3Options {
         endpoint: global.s3_endpoint.clone(),
         region: global.s3_region.clone(),
         path_style: global.s3_path_style,
         max_attempts: global.s3_max_attempts.max(1),
         attempt_timeout: std::time::Duration::from_secs(global.s3_timeout.max(1)),
         ..S3Options::default()
-    };
-    Ok(open_backend(spec, &options)?)
+    }
 }
 
 /// Reads the first line of a password file.
@@ -156,6 +160,7 @@ fn new_password(file: Option<std::path::PathBuf>) -> Result<Vec<u8>> {
 pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
     match cmd {
         RepoCommand::Init(args) => init(global, args),
+        RepoCommand::Get { cluster, output } => crate::cluster::repo_get(&cluster, output),
         RepoCommand::Check {
             read_data,
             read_data_subset,

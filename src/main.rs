@@ -8,6 +8,7 @@
 //! | 2 | bad command line |
 //! | 3 | snapshot saved, but some files could not be read (they are listed) |
 
+mod cluster;
 mod commands;
 mod output;
 
@@ -63,6 +64,9 @@ pub struct Global {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log format: `text`, or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "PODVAULT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +79,24 @@ enum Command {
     Snapshot(SnapshotCommand),
     /// Print podvault's CustomResourceDefinitions (YAML, for `kubectl apply -f -`).
     Crds,
+    /// Back up pod volumes of a cluster (Backup objects).
+    Backup {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        #[command(subcommand)]
+        command: cluster::BackupCommand,
+    },
+    /// Restore pod volumes from a backup (Restore objects).
+    Restore {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        #[command(subcommand)]
+        command: cluster::RestoreCommand,
+    },
+    /// Run the backup and restore controllers (in the cluster).
+    Controller(cluster::ControllerArgs),
+    /// Run the node agent of one node (in the cluster, one per node).
+    NodeAgent(cluster::NodeAgentArgs),
     /// The restore helper (init container): wait until every volume given is restored.
     /// Exits 0 then; non-zero with the reason if a volume's restore failed or time ran out,
     /// so the pod never starts on half-restored data.
@@ -109,6 +131,13 @@ pub struct RestoreWaitArgs {
 pub enum RepoCommand {
     /// Create a new repository with a random master key wrapped by the password.
     Init(InitArgs),
+    /// List the cluster's BackupRepositories (one per namespace) and their state.
+    Get {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: cluster::Format,
+    },
     /// Check the repository's structure and references (and with --read-data, every blob).
     Check {
         /// Read, authenticate and verify every blob of every pack.
@@ -295,7 +324,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, json: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -303,11 +332,15 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Keeps glibc from holding on to freed buffers: by default it raises its mmap threshold
@@ -332,11 +365,20 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose);
+    // The roles that run in the cluster log at info by default.
+    let server = matches!(cli.command, Command::Controller(_) | Command::NodeAgent(_));
+    init_tracing(
+        cli.global.verbose.max(u8::from(server)),
+        cli.global.log_format == "json",
+    );
     let result = match cli.command {
         Command::Repo(cmd) => commands::repo(&cli.global, cmd),
         Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
         Command::RestoreWait(args) => commands::restore_wait(args),
+        Command::Backup { cluster, command } => cluster::backup(&cluster, command),
+        Command::Restore { cluster, command } => cluster::restore(&cluster, command),
+        Command::Controller(args) => cluster::controller(&cli.global, args),
+        Command::NodeAgent(args) => cluster::node_agent(&cli.global, args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
                 print!("{y}");

@@ -102,7 +102,7 @@ pub struct BackupSpec {
 
 /// Counts of a backup's or restore's volumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct VolumeCounts {
     /// Volumes to process.
     pub total: u32,
@@ -181,7 +181,7 @@ pub struct PodRef {
 
 /// Bytes of a volume operation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct Progress {
     /// Bytes to process.
     pub total_bytes: u64,
@@ -405,6 +405,9 @@ pub struct PodMatch {
 pub struct PodVolumeRestoreSpec {
     /// The Restore this belongs to.
     pub restore_name: String,
+    /// The Restore's UID: the name of the marker the restore helper waits for.
+    #[serde(default)]
+    pub restore_uid: String,
     /// The namespace the pod is restored into.
     pub target_namespace: String,
     /// How the target pod is recognised.

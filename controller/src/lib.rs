@@ -4,9 +4,15 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod backups;
+pub mod cluster;
 pub mod crd;
 pub mod duration;
 pub mod hostpath;
+pub mod leader;
 pub mod lineage;
+pub mod metrics;
+pub mod node_agent;
 pub mod plan;
+pub mod restores;
 pub mod select;

@@ -277,9 +277,12 @@ fn documents(place: &Place) {
     assert_eq!(repo.load_document("backup-a.json").expect("load"), None);
     repo.save_document("backup-a.json", b"{\"pods\":[]}")
         .expect("save");
-    repo.save_document("backup-b.json", b"second").expect("save");
+    repo.save_document("backup-b.json", b"second")
+        .expect("save");
     assert_eq!(
-        repo.load_document("backup-a.json").expect("load").as_deref(),
+        repo.load_document("backup-a.json")
+            .expect("load")
+            .as_deref(),
         Some(&b"{\"pods\":[]}"[..])
     );
     assert_eq!(

@@ -1,0 +1,514 @@
+//! The node agent: does the PodVolumeBackups and PodVolumeRestores of its own node, at most
+//! N at a time, with the engine on the blocking pool and its progress in the objects'
+//! status every few seconds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use podvault_store::Access;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::agent::{VolumeBackup, back_up_volume, restore_volume};
+use crate::cluster::{Error, NODE_LABEL, Settings, open_repository, repository_key};
+use crate::crd::{
+    BackupRepository, Phase, PodVolumeBackup, PodVolumeRestore, PodVolumeStatus, Progress,
+};
+use crate::hostpath::{resolve, volume_dir_name};
+use crate::lineage::owner;
+
+/// The name of the restore helper's init container.
+pub const RESTORE_HELPER: &str = "restore-wait";
+
+/// A node agent's settings.
+#[derive(Clone)]
+pub struct Agent {
+    /// This node's name.
+    pub node: String,
+    /// The kubelet's pods directory as mounted into the agent.
+    pub pods_root: PathBuf,
+    /// How many volumes at a time.
+    pub concurrency: usize,
+    /// How often progress goes into a running volume's status.
+    pub report_every: Duration,
+    /// Cluster and storage settings.
+    pub settings: Settings,
+}
+
+/// Where the work of one volume failed before the engine ran.
+fn failed(message: String) -> PodVolumeStatus {
+    PodVolumeStatus {
+        phase: Phase::Failed,
+        message: Some(message),
+        ..PodVolumeStatus::default()
+    }
+}
+
+async fn patch_status<K>(api: &Api<K>, name: &str, status: &PodVolumeStatus) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The volume's directory on this node, from the pod's UID and, for claims, the bound PV.
+async fn volume_dir(
+    client: &Client,
+    agent: &Agent,
+    namespace: &str,
+    pod_uid: &str,
+    volume: &str,
+    claim: Option<&str>,
+) -> Result<PathBuf, String> {
+    let pv = match claim {
+        None => None,
+        Some(claim) => {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+            let pvc = claims
+                .get(claim)
+                .await
+                .map_err(|e| format!("claim {namespace}/{claim}: {e}"))?;
+            let bound = pvc
+                .spec
+                .and_then(|s| s.volume_name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("claim {namespace}/{claim} is not bound to a volume"))?;
+            let pvs: Api<PersistentVolume> = Api::all(client.clone());
+            Some(
+                pvs.get(&bound)
+                    .await
+                    .map_err(|e| format!("persistent volume {bound}: {e}"))?,
+            )
+        }
+    };
+    let drivers: BTreeSet<String> = match &pv {
+        Some(_) => Api::<CSIDriver>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing CSI drivers: {e}"))?
+            .items
+            .into_iter()
+            .map(|d| d.name_any())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let (dir, csi) = volume_dir_name(volume, pv.as_ref(), &drivers);
+    resolve(&agent.pods_root, pod_uid, &dir, csi).map_err(|e| e.to_string())
+}
+
+async fn location_of(client: &Client, agent: &Agent, repository: &str) -> Result<String, String> {
+    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    repos
+        .get(repository)
+        .await
+        .map(|r| r.spec.location)
+        .map_err(|e| format!("BackupRepository {repository}: {e}"))
+}
+
+/// Does one PodVolumeBackup from start to end; `cancel` is set when its spec asks.
+pub async fn process_backup(
+    client: &Client,
+    agent: &Agent,
+    pvb: &PodVolumeBackup,
+    cancel: Arc<AtomicBool>,
+) -> Result<PodVolumeStatus, Error> {
+    let name = pvb.name_any();
+    let api: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let started = Time(Timestamp::now());
+    if pvb.spec.cancel || cancel.load(Ordering::Acquire) {
+        let mut st = PodVolumeStatus {
+            phase: Phase::Canceled,
+            message: Some("canceled before it started".into()),
+            ..PodVolumeStatus::default()
+        };
+        st.completion_timestamp = Some(started);
+        patch_status(&api, &name, &st).await?;
+        return Ok(st);
+    }
+    let mut running = PodVolumeStatus {
+        phase: Phase::InProgress,
+        start_timestamp: Some(started.clone()),
+        ..PodVolumeStatus::default()
+    };
+    patch_status(&api, &name, &running).await?;
+    crate::metrics::volumes_running(&agent.node, 1);
+    let mut status = run_backup(client, agent, pvb, cancel, &api, &mut running).await;
+    crate::metrics::volumes_running(&agent.node, -1);
+    status.start_timestamp = Some(started);
+    status.completion_timestamp = Some(Time(Timestamp::now()));
+    crate::metrics::volume_finished(
+        &agent.node,
+        "backup",
+        status.phase,
+        status.progress.bytes_done,
+    );
+    tracing::info!(
+        volume_backup = %name, phase = ?status.phase,
+        bytes = status.progress.bytes_done, new = status.progress.bytes_new,
+        message = status.message.as_deref().unwrap_or(""), "volume backup finished"
+    );
+    patch_status(&api, &name, &status).await?;
+    Ok(status)
+}
+
+async fn run_backup(
+    client: &Client,
+    agent: &Agent,
+    pvb: &PodVolumeBackup,
+    cancel: Arc<AtomicBool>,
+    api: &Api<PodVolumeBackup>,
+    running: &mut PodVolumeStatus,
+) -> PodVolumeStatus {
+    let spec = &pvb.spec;
+    let timeout = match crate::duration::parse(spec.timeout.as_deref().unwrap_or("4h")) {
+        Ok(t) => t,
+        Err(e) => return failed(format!("spec.timeout: {e}")),
+    };
+    let dir = match volume_dir(
+        client,
+        agent,
+        &spec.pod.namespace,
+        &spec.pod.uid,
+        &spec.volume,
+        spec.claim.as_deref(),
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => return failed(e),
+    };
+    let location = match location_of(client, agent, &spec.repository).await {
+        Ok(l) => l,
+        Err(e) => return failed(e),
+    };
+    let key = match repository_key(client, &agent.settings.namespace, &spec.repository).await {
+        Ok(k) => k,
+        Err(e) => return failed(e.to_string()),
+    };
+    let opened = open_repository(
+        &agent.settings,
+        &location,
+        &spec.repository,
+        key,
+        "node-agent backup",
+        Access::Write,
+    )
+    .await;
+    let (repo, session) = match opened {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    let job = VolumeBackup {
+        dir,
+        lineage: spec.lineage.clone(),
+        exclude: spec.exclude_paths.clone(),
+        tags: spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        host: agent.node.clone(),
+        timeout,
+        report_every: agent.report_every,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let work = tokio::task::spawn_blocking(move || {
+        let _session = session;
+        back_up_volume(&repo, &job, &cancel, |p| {
+            let _ = tx.send(p.clone());
+        })
+    });
+    // Progress goes into the status as it comes; the channel closes when the work ends.
+    while let Some(progress) = rx.recv().await {
+        running.progress = progress;
+        if let Err(e) = patch_status(api, &pvb.name_any(), running).await {
+            tracing::warn!(volume_backup = %pvb.name_any(), "progress not recorded: {e}");
+        }
+    }
+    match work.await {
+        Ok(st) => st,
+        Err(e) => failed(format!("the backup task failed: {e}")),
+    }
+}
+
+/// Whether `pod` is the target of a PodVolumeRestore: in its namespace, mounting its
+/// volume, and recognised by name (pods restored by name), by claim (PVC volumes: any pod
+/// mounting the claim) or by owner workload (other volumes of controller-made pods).
+pub fn restore_target(spec: &crate::crd::PodVolumeRestoreSpec, pod: &Pod) -> bool {
+    if pod.namespace().as_deref() != Some(spec.target_namespace.as_str()) {
+        return false;
+    }
+    let Some(volume) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|vs| vs.iter().find(|v| v.name == spec.volume))
+    else {
+        return false;
+    };
+    let t = &spec.target;
+    if let Some(name) = &t.pod_name {
+        return pod.metadata.name.as_ref() == Some(name);
+    }
+    if let Some(claim) = &t.claim {
+        return volume
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| &c.claim_name == claim);
+    }
+    if let Some(workload) = &t.owner {
+        return &owner(pod) == workload;
+    }
+    false
+}
+
+/// Whether the pod's restore helper runs now (so the volume is mounted and waited on).
+pub fn helper_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.name == RESTORE_HELPER && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// Restores one PodVolumeRestore into `pod`'s volume on this node.
+pub async fn process_restore(
+    client: &Client,
+    agent: &Agent,
+    pvr: &PodVolumeRestore,
+    pod: &Pod,
+) -> Result<PodVolumeStatus, Error> {
+    let name = pvr.name_any();
+    let api: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let pod_ref = crate::crd::PodRef {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+    };
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"pod": pod_ref, "node": agent.node}})),
+    )
+    .await?;
+    let started = Time(Timestamp::now());
+    let running = PodVolumeStatus {
+        phase: Phase::InProgress,
+        start_timestamp: Some(started.clone()),
+        ..PodVolumeStatus::default()
+    };
+    patch_status(&api, &name, &running).await?;
+    crate::metrics::volumes_running(&agent.node, 1);
+    let mut status = run_restore(client, agent, pvr, &pod_ref).await;
+    crate::metrics::volumes_running(&agent.node, -1);
+    status.start_timestamp = Some(started);
+    status.completion_timestamp = Some(Time(Timestamp::now()));
+    crate::metrics::volume_finished(
+        &agent.node,
+        "restore",
+        status.phase,
+        status.progress.bytes_done,
+    );
+    tracing::info!(
+        volume_restore = %name, phase = ?status.phase,
+        message = status.message.as_deref().unwrap_or(""), "volume restore finished"
+    );
+    patch_status(&api, &name, &status).await?;
+    Ok(status)
+}
+
+async fn run_restore(
+    client: &Client,
+    agent: &Agent,
+    pvr: &PodVolumeRestore,
+    pod: &crate::crd::PodRef,
+) -> PodVolumeStatus {
+    let spec = &pvr.spec;
+    let claim = spec.target.claim.as_deref();
+    let dir = match volume_dir(client, agent, &pod.namespace, &pod.uid, &spec.volume, claim).await {
+        Ok(d) => d,
+        Err(e) => return failed(e),
+    };
+    let location = match location_of(client, agent, &spec.repository).await {
+        Ok(l) => l,
+        Err(e) => return failed(e),
+    };
+    let key = match repository_key(client, &agent.settings.namespace, &spec.repository).await {
+        Ok(k) => k,
+        Err(e) => return failed(e.to_string()),
+    };
+    let opened = open_repository(
+        &agent.settings,
+        &location,
+        &spec.repository,
+        key,
+        "node-agent restore",
+        Access::Read,
+    )
+    .await;
+    let (repo, session) = match opened {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    let snapshot = spec.snapshot_id.clone();
+    let uid = spec.restore_uid.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let _session = session;
+        restore_volume(&repo, &snapshot, &dir, &uid)
+    });
+    match work.await {
+        Ok(st) => st,
+        Err(e) => failed(format!("the restore task failed: {e}")),
+    }
+}
+
+/// Runs the node agent until the watch ends: every PodVolumeBackup labeled for this node,
+/// and every PodVolumeRestore whose target pod runs its restore helper here.
+pub async fn run(client: Client, agent: Agent) -> Result<(), Error> {
+    let backups = tokio::spawn(watch_backups(client.clone(), agent.clone()));
+    let restores = tokio::spawn(watch_restores(client, agent));
+    tokio::select! {
+        r = backups => r.map_err(|e| Error::Invalid(e.to_string()))?,
+        r = restores => r.map_err(|e| Error::Invalid(e.to_string()))?,
+    }
+}
+
+async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
+    let api: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", agent.node));
+    let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
+    let running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>> = Arc::default();
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    while let Some(pvb) = events
+        .try_next()
+        .await
+        .map_err(|e| Error::Invalid(format!("watching PodVolumeBackups: {e}")))?
+    {
+        let name = pvb.name_any();
+        let flag = {
+            let mut map = running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(flag) = map.get(&name) {
+                if pvb.spec.cancel {
+                    flag.store(true, Ordering::Release);
+                }
+                continue;
+            }
+            if pvb.status.as_ref().is_some_and(|s| s.phase.is_final()) {
+                continue;
+            }
+            let flag = Arc::new(AtomicBool::new(pvb.spec.cancel));
+            map.insert(name.clone(), flag.clone());
+            flag
+        };
+        let (client, agent, slots, running) = (
+            client.clone(),
+            agent.clone(),
+            slots.clone(),
+            running.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = slots.acquire_owned().await;
+            if let Err(e) = process_backup(&client, &agent, &pvb, flag).await {
+                tracing::warn!(volume_backup = %name, "volume backup not finished: {e}");
+            }
+            drop(permit);
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+        });
+    }
+    Ok(())
+}
+
+async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", agent.node));
+    let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
+    let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    loop {
+        let waiting: Vec<PodVolumeRestore> = pvrs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().is_none_or(|s| s.phase == Phase::New))
+            .collect();
+        if !waiting.is_empty() {
+            let here = pods.list(&on_node).await?.items;
+            for pvr in waiting {
+                let Some(pod) = here
+                    .iter()
+                    .find(|p| restore_target(&pvr.spec, p) && helper_running(p))
+                else {
+                    continue;
+                };
+                let name = pvr.name_any();
+                if !running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone())
+                {
+                    continue;
+                }
+                let (client, agent, slots, running, pod) = (
+                    client.clone(),
+                    agent.clone(),
+                    slots.clone(),
+                    running.clone(),
+                    pod.clone(),
+                );
+                tokio::spawn(async move {
+                    let permit = slots.acquire_owned().await;
+                    if let Err(e) = process_restore(&client, &agent, &pvr, &pod).await {
+                        tracing::warn!(volume_restore = %name, "volume restore not finished: {e}");
+                    }
+                    drop(permit);
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// At start: checks that this node's running pods have their directories under the pods
+/// root, so a wrong root fails now with the setting named, not at the first backup.
+pub async fn check_pods_root(client: &Client, agent: &Agent) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", agent.node));
+    let uids: Vec<String> = pods
+        .list(&on_node)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && !p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"))
+        })
+        .filter_map(|p| p.uid())
+        .collect();
+    crate::hostpath::check_root(&agent.pods_root, &uids).map_err(Error::Invalid)
+}

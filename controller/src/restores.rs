@@ -1,0 +1,500 @@
+//! The restore controller: turns a Restore into PodVolumeRestores, prepares the target
+//! namespaces (the label the webhook keys on, missing claims and, when asked, pods from the
+//! backup's stored manifests) and follows the volumes to the Restore's phase.
+//!
+//! The backup is found through its records in the repositories, so a cluster that lost
+//! every podvault object (but has the key Secrets back) can still restore.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::aggregate::aggregate;
+use crate::backups::{BackupRecord, announce, load_record};
+use crate::cluster::{
+    BACKUP_LABEL, Error, KEY_FIELD, KEY_LABEL, RESTORE_IN_PROGRESS, RESTORE_LABEL, Settings,
+};
+use crate::crd::{
+    Phase, PodMatch, PodVolumeBackup, PodVolumeRestore, PodVolumeRestoreSpec, Restore,
+    RestoreStatus,
+};
+use crate::lineage::owner;
+
+const POLL: Duration = Duration::from_secs(10);
+
+/// The name of the PodVolumeRestore of one volume (stable across attempts).
+pub fn volume_object_name(restore: &str, namespace: &str, pod: &str, volume: &str) -> String {
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{namespace}/{pod}/{volume}").as_bytes());
+    let prefix: String = restore.chars().take(240).collect();
+    format!("{prefix}-{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+/// What a restore will do, computed from the backup's records: pure, so it is tested alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RestorePlan {
+    /// One per volume to restore.
+    pub volumes: Vec<PodVolumeRestoreSpec>,
+    /// Claims to create where missing, already moved to their target namespace.
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// Pods to create where missing (only with `restorePods`, and only pods no
+    /// controller owns: a workload's controller makes its own).
+    pub pods: Vec<Pod>,
+    /// The target namespaces.
+    pub namespaces: BTreeSet<String>,
+}
+
+/// Plans a restore from the backup's records (one per source namespace).
+pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> RestorePlan {
+    let spec = &restore.spec;
+    let mut plan = RestorePlan::default();
+    for (source, record) in records {
+        let target = spec
+            .namespace_mapping
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| source.clone());
+        for v in &record.volumes {
+            let Some(status) = &v.status else { continue };
+            let Some(snapshot) = &status.snapshot_id else {
+                continue;
+            };
+            if !matches!(status.phase, Phase::Completed | Phase::PartiallyFailed) {
+                continue;
+            }
+            if !spec.included_volumes.is_empty() && !spec.included_volumes.contains(&v.spec.volume)
+            {
+                continue;
+            }
+            let pod = record
+                .pods
+                .iter()
+                .find(|p| p.uid().as_deref() == Some(v.spec.pod.uid.as_str()));
+            let workload = pod.map(owner).filter(|o| !o.starts_with("Pod/"));
+            let target_match = match (&v.spec.claim, workload) {
+                (Some(claim), _) => PodMatch {
+                    claim: Some(claim.clone()),
+                    ..PodMatch::default()
+                },
+                (None, Some(workload)) if !spec.restore_pods => PodMatch {
+                    owner: Some(workload),
+                    ..PodMatch::default()
+                },
+                _ => PodMatch {
+                    pod_name: Some(v.spec.pod.name.clone()),
+                    ..PodMatch::default()
+                },
+            };
+            plan.volumes.push(PodVolumeRestoreSpec {
+                restore_name: restore.name_any(),
+                restore_uid: restore.uid().unwrap_or_default(),
+                target_namespace: target.clone(),
+                target: target_match,
+                volume: v.spec.volume.clone(),
+                snapshot_id: snapshot.clone(),
+                repository: source.clone(),
+                pod: None,
+                node: None,
+            });
+            plan.namespaces.insert(target.clone());
+            if let Some(claim) = &v.spec.claim
+                && let Some(pvc) = record.claims.iter().find(|c| &c.name_any() == claim)
+                && !plan.claims.iter().any(|c| {
+                    c.name_any() == *claim && c.namespace().as_deref() == Some(target.as_str())
+                })
+            {
+                plan.claims.push(fresh_claim(pvc, &target));
+            }
+            if spec.restore_pods
+                && let Some(pod) = pod
+                && !pod
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.controller == Some(true))
+                && !plan.pods.iter().any(|p| {
+                    p.name_any() == pod.name_any() && p.namespace().as_deref() == Some(&target)
+                })
+            {
+                plan.pods.push(fresh_pod(pod, &target));
+            }
+        }
+    }
+    plan
+}
+
+fn fresh_meta(meta: &ObjectMeta, namespace: &str) -> ObjectMeta {
+    let annotations: BTreeMap<String, String> = meta
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            !k.starts_with("pv.kubernetes.io/")
+                && !k.starts_with("volume.kubernetes.io/selected-node")
+                && k.as_str() != "kubectl.kubernetes.io/last-applied-configuration"
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: Some(namespace.to_string()),
+        labels: meta.labels.clone(),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A claim as it is created again: same name, size, class and access modes, not bound to
+/// the old volume (the provisioner makes a new one).
+fn fresh_claim(pvc: &PersistentVolumeClaim, namespace: &str) -> PersistentVolumeClaim {
+    let mut spec = pvc.spec.clone().unwrap_or_default();
+    spec.volume_name = None;
+    PersistentVolumeClaim {
+        metadata: fresh_meta(&pvc.metadata, namespace),
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// A bare pod as it is created again: not bound to its old node.
+fn fresh_pod(pod: &Pod, namespace: &str) -> Pod {
+    let mut spec = pod.spec.clone().unwrap_or_default();
+    spec.node_name = None;
+    Pod {
+        metadata: fresh_meta(&pod.metadata, namespace),
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// One reconcile of a Restore.
+pub async fn reconcile(
+    restore: Arc<Restore>,
+    client: &Client,
+    settings: &Settings,
+    now: Timestamp,
+    events: Option<&Recorder>,
+) -> Result<Action, Error> {
+    let phase = restore.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    match phase {
+        Phase::New => start(&restore, client, settings, now, events).await,
+        Phase::InProgress => follow(&restore, client, settings, now, events).await,
+        _ => Ok(Action::await_change()),
+    }
+}
+
+async fn set_status(
+    client: &Client,
+    settings: &Settings,
+    restore: &Restore,
+    status: &RestoreStatus,
+) -> Result<(), Error> {
+    let api: Api<Restore> = Api::namespaced(client.clone(), &settings.namespace);
+    api.patch_status(
+        &restore.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The source namespaces of a backup: from its PodVolumeBackups when the cluster has
+/// them, else every namespace with a key Secret (a cluster rebuilt from the keys).
+async fn source_namespaces(
+    client: &Client,
+    settings: &Settings,
+    backup: &str,
+) -> Result<Vec<String>, Error> {
+    let pvbs: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut namespaces: Vec<String> = pvbs
+        .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={backup}")))
+        .await?
+        .items
+        .into_iter()
+        .map(|p| p.spec.repository)
+        .collect();
+    if namespaces.is_empty() {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+        namespaces = secrets
+            .list(&ListParams::default().labels(KEY_LABEL))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|s| s.labels().get(KEY_LABEL).cloned())
+            .collect();
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    Ok(namespaces)
+}
+
+async fn records(
+    client: &Client,
+    settings: &Settings,
+    backup: &str,
+) -> Result<Vec<(String, BackupRecord)>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut out = Vec::new();
+    for namespace in source_namespaces(client, settings, backup).await? {
+        let secret = secrets
+            .get_opt(&crate::cluster::key_secret_name(&namespace))
+            .await?;
+        let Some(key) = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(KEY_FIELD).map(|k| k.0.clone()))
+        else {
+            tracing::warn!(
+                "no key for namespace {namespace}'s repository: its volumes are left out"
+            );
+            continue;
+        };
+        match load_record(settings, &namespace, key, backup).await {
+            Ok(Some(record)) => out.push((namespace, record)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}: its volumes are left out"),
+        }
+    }
+    Ok(out)
+}
+
+async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn start(
+    restore: &Restore,
+    client: &Client,
+    settings: &Settings,
+    now: Timestamp,
+    events: Option<&Recorder>,
+) -> Result<Action, Error> {
+    let name = restore.name_any();
+    let backup = &restore.spec.backup_name;
+    let found = records(client, settings, backup).await?;
+    let mut status = RestoreStatus {
+        phase: Phase::InProgress,
+        start_timestamp: Some(Time(now)),
+        ..RestoreStatus::default()
+    };
+    if found.is_empty() {
+        status.phase = Phase::Failed;
+        status.completion_timestamp = Some(Time(now));
+        status.message = Some(format!(
+            "backup {backup} has no record in any repository this cluster has a key for"
+        ));
+        set_status(client, settings, restore, &status).await?;
+        announce(
+            events,
+            restore,
+            true,
+            "Failed",
+            status.message.clone().unwrap_or_default(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let plan = plan_restore(restore, &found);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in &plan.namespaces {
+        let labeled = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                labels: Some(BTreeMap::from([(
+                    RESTORE_IN_PROGRESS.to_string(),
+                    name.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        if !create_if_missing(&namespaces, &labeled).await? {
+            namespaces
+                .patch(
+                    ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {RESTORE_IN_PROGRESS: name}}})),
+                )
+                .await?;
+        }
+    }
+    for claim in &plan.claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(
+            client.clone(),
+            claim.namespace().as_deref().unwrap_or_default(),
+        );
+        create_if_missing(&api, claim).await?;
+    }
+    for pod in &plan.pods {
+        let api: Api<Pod> = Api::namespaced(
+            client.clone(),
+            pod.namespace().as_deref().unwrap_or_default(),
+        );
+        create_if_missing(&api, pod).await?;
+    }
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
+    let owner_ref = restore.controller_owner_ref(&());
+    for spec in &plan.volumes {
+        let who = spec
+            .target
+            .pod_name
+            .clone()
+            .or_else(|| spec.target.claim.clone())
+            .or_else(|| spec.target.owner.clone())
+            .unwrap_or_default();
+        let object_name = volume_object_name(&name, &spec.target_namespace, &who, &spec.volume);
+        let mut object = PodVolumeRestore::new(&object_name, spec.clone());
+        object.metadata.labels = Some(BTreeMap::from([(RESTORE_LABEL.to_string(), name.clone())]));
+        object.metadata.owner_references = owner_ref.clone().map(|o| vec![o]);
+        create_if_missing(&pvrs, &object).await?;
+    }
+    status.volumes.total = plan.volumes.len() as u32;
+    if plan.volumes.is_empty() {
+        status.phase = Phase::Completed;
+        status.completion_timestamp = Some(Time(now));
+        status.message = Some("no volume of the backup matched".into());
+    }
+    set_status(client, settings, restore, &status).await?;
+    announce(
+        events,
+        restore,
+        false,
+        "Started",
+        format!(
+            "{} volumes into namespaces {}",
+            plan.volumes.len(),
+            plan.namespaces
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await;
+    Ok(Action::requeue(POLL))
+}
+
+async fn follow(
+    restore: &Restore,
+    client: &Client,
+    settings: &Settings,
+    now: Timestamp,
+    events: Option<&Recorder>,
+) -> Result<Action, Error> {
+    let name = restore.name_any();
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut volumes = pvrs
+        .list(&ListParams::default().labels(&format!("{RESTORE_LABEL}={name}")))
+        .await?
+        .items;
+    volumes.sort_by_key(|v| v.name_any());
+    let statuses: Vec<_> = volumes.iter().map(|v| v.status.as_ref()).collect();
+    let totals = aggregate(&statuses, 0, false);
+    let mut status = restore.status.clone().unwrap_or_default();
+    status.volumes = totals.volumes;
+    status.phase = totals.phase;
+    if status.phase.is_final() {
+        status.completion_timestamp = Some(Time(now));
+        let problems: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| {
+                let s = v.status.as_ref()?;
+                (s.phase != Phase::Completed).then(|| {
+                    let mut line = format!(
+                        "{} volume {}: {}",
+                        v.spec.target_namespace,
+                        v.spec.volume,
+                        s.message.clone().unwrap_or_default()
+                    );
+                    if !s.failed_paths.is_empty() {
+                        line.push_str(&format!(" ({})", s.failed_paths.join(", ")));
+                    }
+                    line
+                })
+            })
+            .collect();
+        if !problems.is_empty() {
+            status.message = Some(problems.join("; "));
+        }
+        let targets: BTreeSet<&str> = volumes
+            .iter()
+            .map(|v| v.spec.target_namespace.as_str())
+            .collect();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in targets {
+            let Some(n) = namespaces.get_opt(ns).await? else {
+                continue;
+            };
+            if n.labels().get(RESTORE_IN_PROGRESS) == Some(&name) {
+                namespaces
+                    .patch(
+                        ns,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"labels": {RESTORE_IN_PROGRESS: null}}})),
+                    )
+                    .await?;
+            }
+        }
+    }
+    if Some(&status) != restore.status.as_ref() {
+        set_status(client, settings, restore, &status).await?;
+    }
+    if status.phase.is_final() {
+        let warning = status.phase != Phase::Completed;
+        let note = status
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("{} volumes restored", status.volumes.completed));
+        announce(
+            events,
+            restore,
+            warning,
+            &format!("{:?}", status.phase),
+            note,
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(POLL))
+}
+
+/// Runs the restore controller until a termination signal.
+pub async fn run(client: Client, settings: Settings, events: Recorder) {
+    use futures_util::StreamExt;
+    use kube::runtime::{Controller, watcher};
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &settings.namespace);
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
+    let ctx = Arc::new((client, settings, events));
+    Controller::new(restores, watcher::Config::default())
+        .owns(pvrs, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            |restore, ctx| async move {
+                let (client, settings, events) = &*ctx;
+                reconcile(restore, client, settings, Timestamp::now(), Some(events)).await
+            },
+            |restore, error, _| {
+                tracing::warn!(restore = %restore.name_any(), "{error}");
+                Action::requeue(Duration::from_secs(15))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}

@@ -1,0 +1,712 @@
+//! The roles that run in the cluster (`controller`, `node-agent`) and the user's commands
+//! against a cluster (`backup …`, `restore …`, `repo get`), with the kubeconfig found as
+//! kubectl finds it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, ResourceExt};
+use podvault_controller::cluster::{BACKUP_LABEL, RESTORE_LABEL, Settings};
+use podvault_controller::crd::{
+    Backup, BackupRepository, BackupSpec, Phase, PodVolumeBackup, PodVolumeRestore, Restore,
+    RestoreSpec,
+};
+use serde_json::json;
+
+use crate::Global;
+use crate::output::bytes;
+
+/// Where podvault is installed and what it stores to.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// The namespace podvault is installed in (its objects and key Secrets live there).
+    #[arg(
+        long,
+        short = 'n',
+        env = "PODVAULT_NAMESPACE",
+        default_value = "podvault",
+        global = true
+    )]
+    namespace: String,
+}
+
+/// How objects are printed.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Format {
+    /// A table.
+    #[default]
+    Table,
+    /// JSON, as kubectl prints it.
+    Json,
+    /// YAML, as kubectl prints it.
+    Yaml,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The storage root: `s3:BUCKET/PREFIX` or a directory; each namespace's repository
+    /// is at `<storage>/podvault/<namespace>`.
+    #[arg(long, env = "PODVAULT_STORAGE", value_name = "LOCATION")]
+    storage: String,
+    /// Serve Prometheus metrics here.
+    #[arg(long, env = "PODVAULT_METRICS_ADDRESS", default_value = "0.0.0.0:8085")]
+    metrics_address: SocketAddr,
+    /// This process's name in Events and Leases (the pod's name).
+    #[arg(long, env = "POD_NAME", default_value = "podvault")]
+    pod_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Take a Lease before working, so that only one of several replicas acts.
+    #[arg(long, env = "PODVAULT_LEADER_ELECT")]
+    leader_elect: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeAgentArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// This node's name (from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The kubelet's pods directory, as mounted into the agent.
+    #[arg(long, env = "PODVAULT_KUBELET_PODS_ROOT", default_value = podvault_controller::hostpath::DEFAULT_PODS_ROOT)]
+    kubelet_pods_root: PathBuf,
+    /// Volumes backed up or restored at the same time on this node.
+    #[arg(long, env = "PODVAULT_CONCURRENCY", default_value_t = 2)]
+    concurrency: usize,
+    /// Seconds between progress updates in a running volume's status.
+    #[arg(long, default_value_t = 5)]
+    report_every: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Create a Backup.
+    Create(BackupCreateArgs),
+    /// List Backups, or show one.
+    Get {
+        name: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a Backup with each volume's phase, progress and errors.
+    Describe { name: String },
+    /// Delete a Backup: its snapshots are forgotten first (prune frees the data).
+    Delete { name: String },
+    /// Stop a running Backup; its volumes end Canceled.
+    Cancel { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupCreateArgs {
+    name: String,
+    /// Namespaces to back up (default: all).
+    #[arg(long, value_delimiter = ',')]
+    include_namespaces: Vec<String>,
+    /// Namespaces to leave out.
+    #[arg(long, value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
+    /// Only pods with these labels: `app=db,tier!=cache,release,!canary`.
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+    /// Back up every volume unless a pod opts it out.
+    #[arg(long)]
+    default_volumes_to_fs_backup: bool,
+    /// How long to keep it (Go duration: `720h`).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Time limit of each volume (Go duration; default 4h).
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Wait until it finishes; exit non-zero unless it Completed.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RestoreCommand {
+    /// Create a Restore from a backup.
+    Create(RestoreCreateArgs),
+    /// List Restores, or show one.
+    Get {
+        name: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a Restore with each volume's phase and errors.
+    Describe { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreCreateArgs {
+    /// The Restore's name (default: `<backup>-<time>`).
+    name: Option<String>,
+    /// The backup to restore.
+    #[arg(long)]
+    from_backup: String,
+    /// Restore namespace A into B: `A:B,C:D`.
+    #[arg(long, value_delimiter = ',')]
+    namespace_mappings: Vec<String>,
+    /// Only these volume names.
+    #[arg(long, value_delimiter = ',')]
+    include_volumes: Vec<String>,
+    /// Also create the backed-up pods no controller owns.
+    #[arg(long)]
+    restore_pods: bool,
+    /// Wait until it finishes; exit non-zero unless it Completed.
+    #[arg(long)]
+    wait: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn client() -> Result<Client> {
+    Client::try_default()
+        .await
+        .context("connecting to the cluster (kubeconfig or in-cluster service account)")
+}
+
+fn settings(global: &Global, server: &ServerArgs) -> Settings {
+    Settings {
+        namespace: server.cluster.namespace.clone(),
+        storage: server.storage.clone(),
+        s3: crate::commands::s3_options(global),
+        init: podvault_store::InitOptions::default(),
+    }
+}
+
+fn recorder(client: &Client, server: &ServerArgs, role: &str) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: format!("podvault-{role}"),
+            instance: Some(server.pod_name.clone()),
+        },
+    )
+}
+
+fn spawn_metrics(address: SocketAddr) {
+    tokio::spawn(async move {
+        if let Err(e) = podvault_controller::metrics::serve(address).await {
+            tracing::error!("metrics server on {address}: {e}");
+        }
+    });
+}
+
+/// `podvault controller`: the backup and restore controllers.
+pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        spawn_metrics(args.server.metrics_address);
+        let settings = settings(global, &args.server);
+        if args.leader_elect {
+            podvault_controller::leader::acquire(
+                &client,
+                &settings.namespace,
+                "podvault-controller",
+                &args.server.pod_name,
+            )
+            .await?;
+        }
+        tracing::info!(namespace = %settings.namespace, storage = %settings.storage, "controller running");
+        let backups = podvault_controller::backups::run(
+            client.clone(),
+            settings.clone(),
+            recorder(&client, &args.server, "controller"),
+        );
+        let restores = podvault_controller::restores::run(
+            client.clone(),
+            settings,
+            recorder(&client, &args.server, "controller"),
+        );
+        tokio::join!(backups, restores);
+        tracing::info!("controller stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `podvault node-agent`: this node's volume backups and restores.
+pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        spawn_metrics(args.server.metrics_address);
+        let agent = podvault_controller::node_agent::Agent {
+            node: args.node.clone(),
+            pods_root: args.kubelet_pods_root.clone(),
+            concurrency: args.concurrency,
+            report_every: Duration::from_secs(args.report_every.max(1)),
+            settings: settings(global, &args.server),
+        };
+        podvault_controller::node_agent::check_pods_root(&client, &agent).await?;
+        tracing::info!(node = %agent.node, root = %agent.pods_root.display(), "node agent running");
+        tokio::select! {
+            r = podvault_controller::node_agent::run(client, agent) => r?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("node agent stopping"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Parses `app=db,tier!=cache,release,!canary` into a label selector.
+pub fn parse_selector(text: &str) -> Result<LabelSelector> {
+    let mut labels = BTreeMap::new();
+    let mut expressions = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        };
+        let requirement =
+            |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+                key: key.to_string(),
+                operator: operator.to_string(),
+                values,
+            };
+        if let Some((k, v)) = part.split_once("!=") {
+            let (k, v) = (k.trim(), v.trim());
+            if !valid(k) || !valid(v) {
+                bail!("selector {text:?}: {part:?} is not `key!=value`");
+            }
+            expressions.push(requirement(k, "NotIn", Some(vec![v.to_string()])));
+        } else if let Some((k, v)) = part.split_once('=') {
+            let (k, v) = (k.trim(), v.trim().trim_start_matches('='));
+            if !valid(k) || !valid(v) {
+                bail!("selector {text:?}: {part:?} is not `key=value`");
+            }
+            labels.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = part.strip_prefix('!') {
+            if !valid(k) {
+                bail!("selector {text:?}: {part:?} is not `!key`");
+            }
+            expressions.push(requirement(k, "DoesNotExist", None));
+        } else if valid(part) {
+            expressions.push(requirement(part, "Exists", None));
+        } else {
+            bail!("selector {text:?}: {part:?} is not `key=value`, `key!=value`, `key` or `!key`");
+        }
+    }
+    Ok(LabelSelector {
+        match_labels: (!labels.is_empty()).then_some(labels),
+        match_expressions: (!expressions.is_empty()).then_some(expressions),
+    })
+}
+
+fn print<T: serde::Serialize>(format: Format, value: &T) -> Result<bool> {
+    match format {
+        Format::Table => Ok(false),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(value)?);
+            Ok(true)
+        }
+        Format::Yaml => {
+            print!("{}", serde_yaml::to_string(value)?);
+            Ok(true)
+        }
+    }
+}
+
+fn phase_of(p: Option<Phase>) -> String {
+    format!("{:?}", p.unwrap_or_default())
+}
+
+fn when(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    t.map(|t| t.0.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn exit_for(phase: Phase) -> ExitCode {
+    if phase == Phase::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `podvault backup …`.
+pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        let api: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
+        match cmd {
+            BackupCommand::Create(a) => {
+                for (field, value) in [("--ttl", &a.ttl), ("--timeout", &a.timeout)] {
+                    if let Some(v) = value {
+                        podvault_controller::duration::parse(v)
+                            .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+                    }
+                }
+                let spec = BackupSpec {
+                    included_namespaces: a.include_namespaces,
+                    excluded_namespaces: a.exclude_namespaces,
+                    label_selector: a.selector.as_deref().map(parse_selector).transpose()?,
+                    default_volumes_to_fs_backup: a.default_volumes_to_fs_backup,
+                    ttl: a.ttl,
+                    timeout: a.timeout,
+                    cancel: false,
+                };
+                api.create(&PostParams::default(), &Backup::new(&a.name, spec))
+                    .await
+                    .with_context(|| format!("creating backup {}", a.name))?;
+                println!(
+                    "Backup {} created. Run `podvault backup describe {}` for its progress.",
+                    a.name, a.name
+                );
+                if a.wait {
+                    let phase =
+                        wait_for(|| async { Ok(api.get(&a.name).await?.status.map(|s| s.phase)) })
+                            .await?;
+                    println!("Backup {} {:?}.", a.name, phase);
+                    return Ok(exit_for(phase));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Get { name, output } => {
+                let items = match &name {
+                    Some(n) => vec![api.get(n).await.with_context(|| format!("backup {n}"))?],
+                    None => api.list(&ListParams::default()).await?.items,
+                };
+                let shown = if name.is_some() && items.len() == 1 {
+                    print(output, &items[0])?
+                } else {
+                    print(
+                        output,
+                        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+                    )?
+                };
+                if !shown {
+                    println!(
+                        "{:<28} {:<16} {:>8} {:>7} {:>12} {:<26} {:<26}",
+                        "NAME", "PHASE", "VOLUMES", "FAILED", "BYTES", "STARTED", "EXPIRES"
+                    );
+                    for b in &items {
+                        let s = b.status.clone().unwrap_or_default();
+                        println!(
+                            "{:<28} {:<16} {:>8} {:>7} {:>12} {:<26} {:<26}",
+                            b.name_any(),
+                            phase_of(Some(s.phase)),
+                            s.volumes.total,
+                            s.volumes.failed,
+                            bytes(s.bytes_done),
+                            when(s.start_timestamp.as_ref()),
+                            when(s.expiration.as_ref())
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Describe { name } => {
+                let b = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("backup {name}"))?;
+                let pvbs: Api<PodVolumeBackup> =
+                    Api::namespaced(client.clone(), &cluster.namespace);
+                let volumes = pvbs
+                    .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={name}")))
+                    .await?
+                    .items;
+                print!("{}", describe_backup(&b, &volumes));
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Delete { name } => {
+                api.delete(&name, &DeleteParams::default())
+                    .await
+                    .with_context(|| format!("deleting backup {name}"))?;
+                println!(
+                    "Backup {name} is being deleted: its snapshots are forgotten first; \
+                     `podvault repo prune` frees their data."
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Cancel { name } => {
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"cancel": true}})),
+                )
+                .await
+                .with_context(|| format!("canceling backup {name}"))?;
+                println!("Backup {name}: cancel requested; running volumes stop within seconds.");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+async fn wait_for<F, Fut>(mut phase: F) -> Result<Phase>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Phase>, kube::Error>>,
+{
+    loop {
+        if let Some(p) = phase().await?
+            && p.is_final()
+        {
+            return Ok(p);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The text of `backup describe`, like `velero backup describe --details`.
+pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
+    use std::fmt::Write;
+    let s = b.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:         {}", b.name_any());
+    let _ = writeln!(out, "Phase:        {:?}", s.phase);
+    if let Some(m) = &s.message {
+        let _ = writeln!(out, "Message:      {m}");
+    }
+    let namespaces = if b.spec.included_namespaces.is_empty() {
+        "*".to_string()
+    } else {
+        b.spec.included_namespaces.join(", ")
+    };
+    let _ = writeln!(out, "Namespaces:   {namespaces}");
+    if !b.spec.excluded_namespaces.is_empty() {
+        let _ = writeln!(
+            out,
+            "Excluded:     {}",
+            b.spec.excluded_namespaces.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Default volumes to FS backup: {}",
+        b.spec.default_volumes_to_fs_backup
+    );
+    let _ = writeln!(out, "Started:      {}", when(s.start_timestamp.as_ref()));
+    let _ = writeln!(
+        out,
+        "Completed:    {}",
+        when(s.completion_timestamp.as_ref())
+    );
+    let _ = writeln!(out, "Expires:      {}", when(s.expiration.as_ref()));
+    let _ = writeln!(
+        out,
+        "Volumes:      {} total, {} completed, {} failed, {} canceled, {} skipped",
+        s.volumes.total,
+        s.volumes.completed,
+        s.volumes.failed,
+        s.volumes.canceled,
+        s.volumes.skipped
+    );
+    let _ = writeln!(
+        out,
+        "Bytes:        {} of {} done, {} new",
+        bytes(s.bytes_done),
+        bytes(s.total_bytes),
+        bytes(s.bytes_new)
+    );
+    let _ = writeln!(out, "\nPod volume backups:");
+    let mut sorted: Vec<&PodVolumeBackup> = volumes.iter().collect();
+    sorted.sort_by_key(|v| {
+        (
+            v.spec.pod.namespace.clone(),
+            v.spec.pod.name.clone(),
+            v.spec.volume.clone(),
+        )
+    });
+    for v in sorted {
+        let st = v.status.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}/{} {}: {:?} on {} ({} of {}, {} new){}{}",
+            v.spec.pod.namespace,
+            v.spec.pod.name,
+            v.spec.volume,
+            st.phase,
+            v.spec.node,
+            bytes(st.progress.bytes_done),
+            bytes(st.progress.total_bytes),
+            bytes(st.progress.bytes_new),
+            st.snapshot_id
+                .as_deref()
+                .map(|id| format!(", snapshot {}", &id[..id.len().min(12)]))
+                .unwrap_or_default(),
+            st.message.map(|m| format!(": {m}")).unwrap_or_default()
+        );
+        for p in &st.failed_paths {
+            let _ = writeln!(out, "      not read: {p}");
+        }
+    }
+    if !s.skipped.is_empty() {
+        let _ = writeln!(out, "\nSkipped volumes:");
+        for k in &s.skipped {
+            let _ = writeln!(
+                out,
+                "  {}/{} {}: {}",
+                k.namespace, k.pod, k.volume, k.reason
+            );
+        }
+    }
+    out
+}
+
+/// `podvault restore …`.
+pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        let api: Api<Restore> = Api::namespaced(client.clone(), &cluster.namespace);
+        match cmd {
+            RestoreCommand::Create(a) => {
+                let mut mapping = BTreeMap::new();
+                for m in &a.namespace_mappings {
+                    let Some((from, to)) = m.split_once(':') else {
+                        bail!("--namespace-mappings: {m:?} is not `FROM:TO`");
+                    };
+                    mapping.insert(from.trim().to_string(), to.trim().to_string());
+                }
+                let name = a.name.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        a.from_backup,
+                        chrono::Utc::now().format("%Y%m%d%H%M%S")
+                    )
+                });
+                let spec = RestoreSpec {
+                    backup_name: a.from_backup.clone(),
+                    namespace_mapping: mapping,
+                    included_volumes: a.include_volumes.clone(),
+                    restore_pods: a.restore_pods,
+                };
+                api.create(&PostParams::default(), &Restore::new(&name, spec))
+                    .await
+                    .with_context(|| format!("creating restore {name}"))?;
+                println!(
+                    "Restore {name} created. Pods that mount its volumes wait in their \
+                     restore-wait init container until their data is back."
+                );
+                if a.wait {
+                    let phase =
+                        wait_for(|| async { Ok(api.get(&name).await?.status.map(|s| s.phase)) })
+                            .await?;
+                    println!("Restore {name} {phase:?}.");
+                    return Ok(exit_for(phase));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RestoreCommand::Get { name, output } => {
+                let items = match &name {
+                    Some(n) => vec![api.get(n).await.with_context(|| format!("restore {n}"))?],
+                    None => api.list(&ListParams::default()).await?.items,
+                };
+                let shown = if name.is_some() && items.len() == 1 {
+                    print(output, &items[0])?
+                } else {
+                    print(
+                        output,
+                        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+                    )?
+                };
+                if !shown {
+                    println!(
+                        "{:<32} {:<24} {:<16} {:>8} {:>7}",
+                        "NAME", "BACKUP", "PHASE", "VOLUMES", "FAILED"
+                    );
+                    for r in &items {
+                        let s = r.status.clone().unwrap_or_default();
+                        println!(
+                            "{:<32} {:<24} {:<16} {:>8} {:>7}",
+                            r.name_any(),
+                            r.spec.backup_name,
+                            phase_of(Some(s.phase)),
+                            s.volumes.total,
+                            s.volumes.failed
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RestoreCommand::Describe { name } => {
+                let r = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("restore {name}"))?;
+                let pvrs: Api<PodVolumeRestore> =
+                    Api::namespaced(client.clone(), &cluster.namespace);
+                let volumes = pvrs
+                    .list(&ListParams::default().labels(&format!("{RESTORE_LABEL}={name}")))
+                    .await?
+                    .items;
+                let s = r.status.clone().unwrap_or_default();
+                println!("Name:         {name}");
+                println!("Backup:       {}", r.spec.backup_name);
+                println!("Phase:        {:?}", s.phase);
+                if let Some(m) = &s.message {
+                    println!("Message:      {m}");
+                }
+                println!("Started:      {}", when(s.start_timestamp.as_ref()));
+                println!("Completed:    {}", when(s.completion_timestamp.as_ref()));
+                println!("\nPod volume restores:");
+                for v in &volumes {
+                    let st = v.status.clone().unwrap_or_default();
+                    let pod = v
+                        .spec
+                        .pod
+                        .as_ref()
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| "(waiting for its pod)".into());
+                    println!(
+                        "  {}/{} {}: {:?}{}",
+                        v.spec.target_namespace,
+                        pod,
+                        v.spec.volume,
+                        st.phase,
+                        st.message.map(|m| format!(": {m}")).unwrap_or_default()
+                    );
+                    for p in &st.failed_paths {
+                        println!("      not restored as saved: {p}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// `podvault repo get`: the BackupRepositories of the cluster.
+pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        let api: Api<BackupRepository> = Api::namespaced(client, &cluster.namespace);
+        let items = api.list(&ListParams::default()).await?.items;
+        if !print(
+            output,
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )? {
+            println!("{:<24} {:<10} LOCATION", "NAMESPACE", "PHASE");
+            for r in &items {
+                let s = r.status.clone().unwrap_or_default();
+                println!(
+                    "{:<24} {:<10} {}{}",
+                    r.spec.volume_namespace,
+                    format!("{:?}", s.phase),
+                    r.spec.location,
+                    s.message.map(|m| format!("  ({m})")).unwrap_or_default()
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
