@@ -710,3 +710,90 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse_like_kubectls_equality_and_set_forms() {
+        let s = parse_selector("app=db, tier!=cache,release,!canary,env==prod").expect("parse");
+        assert_eq!(
+            serde_json::to_value(&s).expect("json"),
+            json!({
+                "matchLabels": {"app": "db", "env": "prod"},
+                "matchExpressions": [
+                    {"key": "tier", "operator": "NotIn", "values": ["cache"]},
+                    {"key": "release", "operator": "Exists"},
+                    {"key": "canary", "operator": "DoesNotExist"}
+                ]
+            })
+        );
+        for bad in ["app in (a,b)", "=db", "app=", "!", "a b=c"] {
+            let err = parse_selector(bad).expect_err(bad).to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn describe_shows_each_volume_with_progress_errors_and_skips() {
+        let b: Backup = serde_json::from_value(json!({
+            "apiVersion": "podvault.io/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "nightly"},
+            "spec": {"includedNamespaces": ["shop"]},
+            "status": {"phase": "PartiallyFailed", "message": "shop/db-0 volume logs: boom",
+                       "volumes": {"total": 2, "completed": 1, "failed": 1, "skipped": 1},
+                       "totalBytes": 3072, "bytesDone": 3072, "bytesNew": 1024,
+                       "skipped": [{"namespace": "shop", "pod": "db-0", "volume": "token",
+                                    "reason": "service account token"}]}
+        }))
+        .expect("backup");
+        let pvb = |volume: &str, status: serde_json::Value| -> PodVolumeBackup {
+            serde_json::from_value(json!({
+                "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeBackup",
+                "metadata": {"name": volume},
+                "spec": {"backupName": "nightly", "node": "worker-1",
+                         "pod": {"namespace": "shop", "name": "db-0", "uid": "u"},
+                         "volume": volume, "repository": "shop", "lineage": "l"},
+                "status": status
+            }))
+            .expect("pvb")
+        };
+        let text = describe_backup(
+            &b,
+            &[
+                pvb(
+                    "logs",
+                    json!({"phase": "Failed", "message": "boom",
+                                   "failedPaths": ["x.log"]}),
+                ),
+                pvb(
+                    "data",
+                    json!({"phase": "Completed", "snapshotID": "0123456789abcdef0",
+                    "progress": {"totalBytes": 3072, "bytesDone": 3072, "bytesNew": 1024}}),
+                ),
+            ],
+        );
+        let expected = "\
+Name:         nightly
+Phase:        PartiallyFailed
+Message:      shop/db-0 volume logs: boom
+Namespaces:   shop
+Default volumes to FS backup: false
+Started:      -
+Completed:    -
+Expires:      -
+Volumes:      2 total, 1 completed, 1 failed, 0 canceled, 1 skipped
+Bytes:        3.00 KiB of 3.00 KiB done, 1.00 KiB new
+
+Pod volume backups:
+  shop/db-0 data: Completed on worker-1 (3.00 KiB of 3.00 KiB, 1.00 KiB new), snapshot 0123456789ab
+  shop/db-0 logs: Failed on worker-1 (0 B of 0 B, 0 B new): boom
+      not read: x.log
+
+Skipped volumes:
+  shop/db-0 token: service account token
+";
+        assert_eq!(text, expected);
+    }
+}

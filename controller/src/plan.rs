@@ -123,6 +123,13 @@ pub fn plan_backup(
     back_up_claims_once(&mut pairs);
     let mut plan = Plan::default();
     for ((pod_ref, selection), (_, _, pod)) in pairs.into_iter().zip(&selections) {
+        let timeout = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::select::TIMEOUT))
+            .map(|t| t.trim().to_string())
+            .or_else(|| spec.timeout.clone());
         let node = pod
             .spec
             .as_ref()
@@ -144,7 +151,7 @@ pub fn plan_backup(
                 repository: pod_ref.namespace.clone(),
                 exclude_paths: v.exclude_paths,
                 tags,
-                timeout: spec.timeout.clone(),
+                timeout: timeout.clone(),
                 cancel: false,
             });
         }

@@ -21,6 +21,9 @@ pub const OPT_OUT: [&str; 2] = [
 /// Paths inside volumes to leave out: comma-separated globs relative to the volume, each
 /// optionally prefixed by `VOLUME:` to apply to that volume only.
 pub const EXCLUDE_PATHS: &str = "backup.podvault.io/exclude-paths";
+/// Pod annotation: the time limit of each of the pod's volume backups (a Go duration such
+/// as `8h`), overriding the Backup's `timeout`.
+pub const TIMEOUT: &str = "backup.podvault.io/timeout";
 
 /// A volume to back up.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -151,3 +151,32 @@ fn scope_selectors_and_repository_names() {
         )
     );
 }
+
+#[test]
+fn a_pod_annotation_overrides_the_backups_volume_time_limit() {
+    let (mut pods, claims, volumes) = cluster();
+    pods[0]
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("backup.podvault.io/timeout".into(), " 8h ".into());
+    let spec: BackupSpec = serde_json::from_value(serde_json::json!({
+        "includedNamespaces": ["shop"], "timeout": "1h",
+        "labelSelector": {"matchLabels": {"app": "db"}}
+    }))
+    .expect("spec");
+    let plan = plan_backup("nightly", &spec, &pods, &claims, &volumes).expect("plan");
+    let limits: Vec<(String, Option<String>)> = plan
+        .volumes
+        .iter()
+        .map(|v| (v.pod.name.clone(), v.timeout.clone()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("db-7d9c6b5f4-aaaaa".to_string(), Some("8h".to_string())),
+            ("db-7d9c6b5f4-aaaaa".to_string(), Some("8h".to_string())),
+            ("db-7d9c6b5f4-x2k8q".to_string(), Some("1h".to_string())),
+        ]
+    );
+}

@@ -1,0 +1,344 @@
+//! The restore controller against a scripted API server and real repositories: a backup
+//! found through its records (also in a cluster that lost every podvault object), target
+//! namespaces labeled for the webhook, claims and bare pods created again, and the label
+//! removed when the volumes are done.
+
+mod apiserver;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use apiserver::{ApiServer, Call, list};
+use k8s_openapi::jiff::Timestamp;
+use podvault_controller::backups::{BackupRecord, record_name};
+use podvault_controller::cluster::Settings;
+use podvault_controller::crd::{Backup, PodVolumeBackup, Restore};
+use podvault_controller::restores::{plan_restore, reconcile, volume_object_name};
+use podvault_store::{Repository, S3Options, open_backend};
+use podvault_testkit::fast_init;
+use serde_json::{Value, json};
+
+const KEY: &[u8] = b"the-test-key";
+const PVBS: &str = "/apis/podvault.io/v1alpha1/namespaces/podvault/podvolumebackups";
+const PVRS: &str = "/apis/podvault.io/v1alpha1/namespaces/podvault/podvolumerestores";
+const RESTORES: &str = "/apis/podvault.io/v1alpha1/namespaces/podvault/restores";
+
+fn settings(storage: &Path) -> Settings {
+    Settings {
+        namespace: "podvault".into(),
+        storage: storage.display().to_string(),
+        s3: S3Options::default(),
+        init: fast_init(),
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-11-24T10:00:00Z".parse().expect("time")
+}
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
+}
+
+/// The record a finished backup left in namespace `shop`'s repository: the fixture pod
+/// (a Deployment's) with its claim `pgdata` and emptyDir `scratch`, plus a bare pod.
+fn record() -> BackupRecord {
+    let db = fixture("pod-db.json");
+    let uid = db["metadata"]["uid"].as_str().expect("uid").to_string();
+    let bare = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "tool", "namespace": "shop", "uid": "bare-uid",
+                     "annotations": {"pv.kubernetes.io/x": "dropped", "keep": "me"}},
+        "spec": {"nodeName": "worker-9", "containers": [{"name": "t", "image": "busybox"}],
+                 "volumes": [{"name": "cache", "emptyDir": {}}]}});
+    let claims: Vec<Value> = serde_json::from_value(fixture("claims.json")).expect("claims");
+    let pvb = |name: &str,
+               pod: &str,
+               pod_uid: &str,
+               volume: &str,
+               claim: Option<&str>,
+               snap: &str|
+     -> PodVolumeBackup {
+        serde_json::from_value(json!({
+            "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeBackup",
+            "metadata": {"name": name},
+            "spec": {"backupName": "nightly", "node": "worker-1",
+                     "pod": {"namespace": "shop", "name": pod, "uid": pod_uid},
+                     "volume": volume, "claim": claim, "repository": "shop", "lineage": "l"},
+            "status": {"phase": "Completed", "snapshotID": snap}
+        }))
+        .expect("pvb")
+    };
+    BackupRecord {
+        backup: Backup::new("nightly", Default::default()),
+        volumes: vec![
+            pvb(
+                "nightly-1",
+                "db-7d9c6b5f4-x2k8q",
+                &uid,
+                "data",
+                Some("pgdata"),
+                "s1",
+            ),
+            pvb(
+                "nightly-2",
+                "db-7d9c6b5f4-x2k8q",
+                &uid,
+                "scratch",
+                None,
+                "s2",
+            ),
+            pvb("nightly-3", "tool", "bare-uid", "cache", None, "s3"),
+        ],
+        pods: vec![
+            serde_json::from_value(db).expect("pod"),
+            serde_json::from_value(bare).expect("pod"),
+        ],
+        claims: claims
+            .into_iter()
+            .map(|c| serde_json::from_value(c).expect("claim"))
+            .collect(),
+    }
+}
+
+fn restore(spec: Value) -> Restore {
+    serde_json::from_value(json!({
+        "apiVersion": "podvault.io/v1alpha1", "kind": "Restore",
+        "metadata": {"name": "again", "namespace": "podvault", "uid": "r-uid"},
+        "spec": spec
+    }))
+    .expect("restore")
+}
+
+#[test]
+fn a_restore_plan_matches_claims_workloads_and_bare_pods() {
+    let r = restore(json!({"backupName": "nightly",
+                           "namespaceMapping": {"shop": "shop-copy"}, "restorePods": true}));
+    let plan = plan_restore(&r, &[("shop".to_string(), record())]);
+    let targets: Vec<String> = plan
+        .volumes
+        .iter()
+        .map(|v| serde_json::to_string(&v.target).expect("json"))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            r#"{"claim":"pgdata"}"#,
+            // With restorePods the bare pod is made again by name; a workload's volume is
+            // matched by name too, since its controller is not restored here.
+            r#"{"podName":"db-7d9c6b5f4-x2k8q"}"#,
+            r#"{"podName":"tool"}"#,
+        ]
+    );
+    assert!(
+        plan.volumes
+            .iter()
+            .all(|v| v.target_namespace == "shop-copy"
+                && v.restore_uid == "r-uid"
+                && v.repository == "shop")
+    );
+    assert_eq!(plan.claims.len(), 1);
+    let claim = &plan.claims[0];
+    assert_eq!(claim.metadata.namespace.as_deref(), Some("shop-copy"));
+    assert_eq!(
+        claim.spec.as_ref().and_then(|s| s.volume_name.clone()),
+        None
+    );
+    assert!(claim.metadata.uid.is_none() && claim.metadata.resource_version.is_none());
+    // Only the bare pod is created: the Deployment's ReplicaSet makes its own pods.
+    assert_eq!(plan.pods.len(), 1);
+    let pod = &plan.pods[0];
+    assert_eq!(pod.metadata.name.as_deref(), Some("tool"));
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.clone()), None);
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.keys().collect::<Vec<_>>(), vec!["keep"]);
+
+    // Without restorePods, a workload's emptyDir is matched by its owner, and a volume
+    // filter leaves the others out.
+    let r = restore(json!({"backupName": "nightly", "includedVolumes": ["scratch"]}));
+    let plan = plan_restore(&r, &[("shop".to_string(), record())]);
+    assert_eq!(plan.volumes.len(), 1);
+    assert_eq!(
+        plan.volumes[0].target.owner.as_deref(),
+        Some("Deployment/db")
+    );
+    assert!(plan.pods.is_empty() && plan.claims.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_a_rebuilt_cluster_finds_the_backup_through_the_key_secrets() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let settings = settings(&tmp.path().join("store"));
+    let at = format!("{}/podvault/shop", settings.storage);
+    let repo = Repository::init(
+        open_backend(&at, &settings.s3).expect("backend"),
+        KEY,
+        &fast_init(),
+    )
+    .expect("init");
+    repo.save_document(
+        &record_name("nightly"),
+        &serde_json::to_vec(&record()).expect("json"),
+    )
+    .expect("record");
+
+    let r = restore(json!({"backupName": "nightly", "namespaceMapping": {"shop": "shop-copy"}}));
+    let plan = plan_restore(&r, &[("shop".to_string(), record())]);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "podvault-repo-shop", "namespace": "podvault",
+                     "labels": {"podvault.io/repository-key": "shop"}},
+        "data": {"repository-password": "dGhlLXRlc3Qta2V5"}});
+    let mut script = vec![
+        // No PodVolumeBackups in this cluster: the key Secrets name the repositories.
+        Call::new(
+            "GET",
+            format!("{PVBS}?&labelSelector=podvault.io%2Fbackup-name%3Dnightly"),
+        )
+        .ok(list("PodVolumeBackup", vec![])),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/podvault/secrets?&labelSelector=podvault.io%2Frepository-key",
+        )
+        .ok(list("Secret", vec![secret.clone()])),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
+        )
+        .ok(secret),
+        Call::new("POST", "/api/v1/namespaces?")
+            .body(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "shop-copy",
+                             "labels": {"podvault.io/restore-in-progress": "again"}}}))
+            .created(),
+        Call::new(
+            "POST",
+            "/api/v1/namespaces/shop-copy/persistentvolumeclaims?",
+        )
+        .body_check(|b| {
+            assert_eq!(b["metadata"]["name"], "pgdata");
+            assert_eq!(b["metadata"]["namespace"], "shop-copy");
+            assert_eq!(b["spec"]["volumeName"], Value::Null);
+        })
+        .created(),
+    ];
+    for spec in &plan.volumes {
+        let t = &spec.target;
+        let who = t
+            .pod_name
+            .clone()
+            .or(t.claim.clone())
+            .or(t.owner.clone())
+            .expect("who");
+        let name = volume_object_name("again", "shop-copy", &who, &spec.volume);
+        script.push(
+            Call::new("POST", format!("{PVRS}?"))
+                .body(json!({
+                    "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
+                    "metadata": {"name": name,
+                        "labels": {"podvault.io/restore-name": "again"},
+                        "ownerReferences": [{"apiVersion": "podvault.io/v1alpha1",
+                            "kind": "Restore", "name": "again", "uid": "r-uid",
+                            "controller": true}]},
+                    "spec": serde_json::to_value(spec).expect("spec")
+                }))
+                .created(),
+        );
+    }
+    script.push(
+        Call::new("PATCH", format!("{RESTORES}/again/status?"))
+            .body(json!({"status": {"phase": "InProgress",
+                "volumes": {"total": 3, "completed": 0, "failed": 0, "canceled": 0, "skipped": 0},
+                "startTimestamp": "2026-11-24T10:00:00Z"}}))
+            .ok(serde_json::to_value(&r).expect("json")),
+    );
+    let (client, server) = ApiServer::start(script);
+    reconcile(Arc::new(r), &client, &settings, now(), None)
+        .await
+        .expect("reconcile");
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_finished_restore_removes_its_namespace_label_and_lists_what_failed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let settings = settings(tmp.path());
+    let r = restore(json!({"backupName": "nightly"}));
+    let mut running = serde_json::to_value(&r).expect("json");
+    running["status"] = json!({"phase": "InProgress", "volumes": {"total": 2}});
+    let r: Restore = serde_json::from_value(running).expect("restore");
+    let pvr = |name: &str, status: Value| {
+        json!({
+        "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
+        "metadata": {"name": name, "namespace": "podvault"},
+        "spec": {"restoreName": "again", "targetNamespace": "shop", "target": {"claim": "pgdata"},
+                 "volume": name, "snapshotID": "s", "repository": "shop"},
+        "status": status})
+    };
+    let (client, server) = ApiServer::start(vec![
+        Call::new("GET", format!("{PVRS}?&labelSelector=podvault.io%2Frestore-name%3Dagain"))
+            .ok(list("PodVolumeRestore", vec![
+                pvr("data", json!({"phase": "Completed"})),
+                pvr("logs", json!({"phase": "PartiallyFailed",
+                    "message": "2 attributes could not be restored",
+                    "failedPaths": ["a: chown: Operation not permitted", "b: chown: Operation not permitted"]})),
+            ])),
+        Call::new("GET", "/api/v1/namespaces/shop").ok(json!({"apiVersion": "v1",
+            "kind": "Namespace", "metadata": {"name": "shop",
+            "labels": {"podvault.io/restore-in-progress": "again"}}})),
+        Call::new("PATCH", "/api/v1/namespaces/shop?")
+            .body(json!({"metadata": {"labels": {"podvault.io/restore-in-progress": null}}}))
+            .ok(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})),
+        Call::new("PATCH", format!("{RESTORES}/again/status?"))
+            .body_check(|b| {
+                let s = &b["status"];
+                assert_eq!(s["phase"], "PartiallyFailed");
+                assert_eq!(s["volumes"]["completed"], 1);
+                assert_eq!(s["volumes"]["failed"], 1);
+                assert_eq!(s["completionTimestamp"], "2026-11-24T10:00:00Z");
+                assert_eq!(
+                    s["message"],
+                    "shop volume logs: 2 attributes could not be restored \
+                     (a: chown: Operation not permitted, b: chown: Operation not permitted)"
+                );
+            })
+            .ok(serde_json::to_value(&r).expect("json")),
+    ]);
+    reconcile(Arc::new(r), &client, &settings, now(), None)
+        .await
+        .expect("reconcile");
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_restore_of_an_unknown_backup_fails_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let settings = settings(tmp.path());
+    let r = restore(json!({"backupName": "nope"}));
+    let (client, server) = ApiServer::start(vec![
+        Call::new(
+            "GET",
+            format!("{PVBS}?&labelSelector=podvault.io%2Fbackup-name%3Dnope"),
+        )
+        .ok(list("PodVolumeBackup", vec![])),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/podvault/secrets?&labelSelector=podvault.io%2Frepository-key",
+        )
+        .ok(list("Secret", vec![])),
+        Call::new("PATCH", format!("{RESTORES}/again/status?"))
+            .body_check(|b| {
+                assert_eq!(b["status"]["phase"], "Failed");
+                assert_eq!(
+                    b["status"]["message"],
+                    "backup nope has no record in any repository this cluster has a key for"
+                );
+            })
+            .ok(serde_json::to_value(&r).expect("json")),
+    ]);
+    reconcile(Arc::new(r), &client, &settings, now(), None)
+        .await
+        .expect("reconcile");
+    server.done().await;
+}
