@@ -258,9 +258,14 @@ pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
         };
         podvault_controller::node_agent::check_pods_root(&client, &agent).await?;
         tracing::info!(node = %agent.node, root = %agent.pods_root.display(), "node agent running");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        // Volumes still running when the agent stops stay InProgress; the next start of the
+        // agent does them again, resuming from the data already uploaded.
         tokio::select! {
             r = podvault_controller::node_agent::run(client, agent) => r?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("node agent stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("node agent stopping (SIGINT)"),
+            _ = term.recv() => tracing::info!("node agent stopping (SIGTERM)"),
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -158,13 +158,7 @@ pub fn restore_volume(
     restore_uid: &str,
 ) -> PodVolumeStatus {
     let fail = |message: String| {
-        // Best effort: tells the helper at once instead of after its time limit.
-        if let Err(e) = write_marker_file(dir, &format!("{restore_uid}.failed"), &message) {
-            tracing::warn!(
-                "could not write the failure marker in {}: {e}",
-                dir.display()
-            );
-        }
+        write_failure_marker(dir, restore_uid, &message);
         status(Phase::Failed, Some(message))
     };
     let found = repo.find_snapshot(snapshot_id);
@@ -202,6 +196,17 @@ pub fn restore_volume(
         st.failed_paths = report.warnings.clone();
     }
     st
+}
+
+/// Writes `.podvault/<restore-uid>.failed` with the reason, so the restore helper fails
+/// the pod at once instead of after its time limit; a failure to write it is logged.
+pub fn write_failure_marker(dir: &Path, restore_uid: &str, message: &str) {
+    if let Err(e) = write_marker_file(dir, &format!("{restore_uid}.failed"), message) {
+        tracing::warn!(
+            "could not write the failure marker in {}: {e}",
+            dir.display()
+        );
+    }
 }
 
 fn write_marker_file(dir: &Path, name: &str, content: &str) -> std::io::Result<()> {

@@ -343,13 +343,19 @@ async fn run_restore(
         Ok(d) => d,
         Err(e) => return failed(e),
     };
+    // From here on the volume is known: a failure also goes into the failure marker, so
+    // the restore helper stops waiting and fails the pod with the reason.
+    let fail = |message: String| {
+        crate::agent::write_failure_marker(&dir, &spec.restore_uid, &message);
+        failed(message)
+    };
     let location = match location_of(client, agent, &spec.repository).await {
         Ok(l) => l,
-        Err(e) => return failed(e),
+        Err(e) => return fail(e),
     };
     let key = match repository_key(client, &agent.settings.namespace, &spec.repository).await {
         Ok(k) => k,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     let opened = open_repository(
         &agent.settings,
@@ -362,7 +368,7 @@ async fn run_restore(
     .await;
     let (repo, session) = match opened {
         Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return fail(e.to_string()),
     };
     let snapshot = spec.snapshot_id.clone();
     let uid = spec.restore_uid.clone();
@@ -392,6 +398,10 @@ async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
     let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", agent.node));
     let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
     let running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>> = Arc::default();
+    // Objects this agent finished (by UID): a late event of their InProgress status must
+    // not start them again. Objects left InProgress by a previous run of the agent are
+    // started again, and resume from what that run uploaded.
+    let finished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
     while let Some(pvb) = events
         .try_next()
@@ -399,6 +409,7 @@ async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
         .map_err(|e| Error::Invalid(format!("watching PodVolumeBackups: {e}")))?
     {
         let name = pvb.name_any();
+        let uid = pvb.uid().unwrap_or_default();
         let flag = {
             let mut map = running.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(flag) = map.get(&name) {
@@ -407,23 +418,35 @@ async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
                 }
                 continue;
             }
-            if pvb.status.as_ref().is_some_and(|s| s.phase.is_final()) {
+            if pvb.status.as_ref().is_some_and(|s| s.phase.is_final())
+                || finished
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&uid)
+            {
                 continue;
             }
             let flag = Arc::new(AtomicBool::new(pvb.spec.cancel));
             map.insert(name.clone(), flag.clone());
             flag
         };
-        let (client, agent, slots, running) = (
+        let (client, agent, slots, running, finished) = (
             client.clone(),
             agent.clone(),
             slots.clone(),
             running.clone(),
+            finished.clone(),
         );
         tokio::spawn(async move {
             let permit = slots.acquire_owned().await;
-            if let Err(e) = process_backup(&client, &agent, &pvb, flag).await {
-                tracing::warn!(volume_backup = %name, "volume backup not finished: {e}");
+            match process_backup(&client, &agent, &pvb, flag).await {
+                Ok(_) => {
+                    finished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(uid);
+                }
+                Err(e) => tracing::warn!(volume_backup = %name, "volume backup not finished: {e}"),
             }
             drop(permit);
             running

@@ -403,3 +403,45 @@ async fn a_volume_restore_fills_the_new_pods_volume_and_writes_the_marker() {
         "the helper's marker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
+    let w = world().await;
+    let target = volume(&w.agent, "uid-new", "kubernetes.io~empty-dir", "scratch");
+    let echo_pvr = serde_json::to_value(pvr("s", json!({}))).expect("json");
+    let (client, server) = ApiServer::start(vec![
+        Call::new("PATCH", format!("{PVRS}/restore-1?")).ok(echo_pvr.clone()),
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+            .body_check(status_is("InProgress"))
+            .ok(echo_pvr.clone()),
+        Call::new(
+            "GET",
+            "/apis/podvault.io/v1alpha1/namespaces/podvault/backuprepositories/shop",
+        )
+        .ok(repository(&w.location)),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
+        )
+        .not_found(),
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+            .body_check(status_is("Failed"))
+            .ok(echo_pvr),
+    ]);
+    let restore = pvr("0123", json!({"podName": "db-0"}));
+    let status = process_restore(
+        &client,
+        &w.agent,
+        &restore,
+        &restore_pod("uid-new", "restore-wait"),
+    )
+    .await
+    .expect("process");
+    server.done().await;
+    assert_eq!(status.phase, Phase::Failed);
+    let reason = fs::read_to_string(target.join(".podvault/r-uid.failed")).expect("marker");
+    assert!(
+        reason.contains("podvault/podvault-repo-shop") && reason.contains("does not exist"),
+        "{reason}"
+    );
+}
