@@ -348,21 +348,26 @@ fn exit_for(phase: Phase) -> ExitCode {
 
 /// `podvault backup …`.
 pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
+    // Bad input is refused before the cluster is asked anything.
+    let mut selector = None;
+    if let BackupCommand::Create(a) = &cmd {
+        for (field, value) in [("--ttl", &a.ttl), ("--timeout", &a.timeout)] {
+            if let Some(v) = value {
+                podvault_controller::duration::parse(v)
+                    .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+            }
+        }
+        selector = a.selector.as_deref().map(parse_selector).transpose()?;
+    }
     runtime()?.block_on(async move {
         let client = client().await?;
         let api: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
         match cmd {
             BackupCommand::Create(a) => {
-                for (field, value) in [("--ttl", &a.ttl), ("--timeout", &a.timeout)] {
-                    if let Some(v) = value {
-                        podvault_controller::duration::parse(v)
-                            .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
-                    }
-                }
                 let spec = BackupSpec {
                     included_namespaces: a.include_namespaces,
                     excluded_namespaces: a.exclude_namespaces,
-                    label_selector: a.selector.as_deref().map(parse_selector).transpose()?,
+                    label_selector: selector,
                     default_volumes_to_fs_backup: a.default_volumes_to_fs_backup,
                     ttl: a.ttl,
                     timeout: a.timeout,

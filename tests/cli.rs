@@ -547,3 +547,33 @@ fn restore_wait_ends_on_markers_and_fails_on_a_failure_marker() {
         stderr(&out)
     );
 }
+
+#[test]
+fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
+    let env = Env::new();
+    let missing = env.root.join("no-kubeconfig");
+    let run = |args: &[&str]| {
+        env.cmd()
+            .args(args)
+            .env("KUBECONFIG", &missing)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["backup", "get"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("connecting to the cluster"),
+        "{}",
+        stderr(&out)
+    );
+    // Bad input is refused before any cluster is asked.
+    let out = run(&["backup", "create", "b1", "--ttl", "tomorrow"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+    let out = run(&["backup", "get", "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown format");
+    let out = run(&["node-agent", "--storage", "s3:b/p"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--node"), "{}", stderr(&out));
+}

@@ -163,6 +163,13 @@ pub fn render() -> String {
 
 /// Serves `GET /metrics` (and `/healthz`) on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    serve_on(listener).await
+}
+
+/// Serves the metrics on a bound listener.
+pub async fn serve_on(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
@@ -170,7 +177,5 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
             get(|| async { ([("content-type", "text/plain; version=0.0.4")], render()) }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("metrics on http://{addr}/metrics");
     axum::serve(listener, app).await
 }
