@@ -73,6 +73,10 @@ pub struct ControllerArgs {
     /// Take a Lease before working, so that only one of several replicas acts.
     #[arg(long, env = "PODVAULT_LEADER_ELECT")]
     leader_elect: bool,
+    /// Prune each repository this often (Go duration), freeing the data of forgotten
+    /// snapshots.
+    #[arg(long, env = "PODVAULT_MAINTENANCE_INTERVAL", default_value = podvault_controller::repositories::DEFAULT_INTERVAL)]
+    maintenance_interval: String,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +218,8 @@ fn spawn_metrics(address: SocketAddr) {
 
 /// `podvault controller`: the backup and restore controllers.
 pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
+    let every = podvault_controller::duration::parse(&args.maintenance_interval)
+        .map_err(|e| anyhow::anyhow!("--maintenance-interval: {e}"))?;
     runtime()?.block_on(async move {
         let client = client().await?;
         spawn_metrics(args.server.metrics_address);
@@ -235,10 +241,12 @@ pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
         );
         let restores = podvault_controller::restores::run(
             client.clone(),
-            settings,
+            settings.clone(),
             recorder(&client, &args.server, "controller"),
         );
-        tokio::join!(backups, restores);
+        let repositories =
+            podvault_controller::repositories::run(client.clone(), settings, every);
+        tokio::join!(backups, restores, repositories);
         tracing::info!("controller stopped");
         Ok(ExitCode::SUCCESS)
     })

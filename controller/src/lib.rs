@@ -14,5 +14,6 @@ pub mod lineage;
 pub mod metrics;
 pub mod node_agent;
 pub mod plan;
+pub mod repositories;
 pub mod restores;
 pub mod select;
