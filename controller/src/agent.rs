@@ -52,7 +52,7 @@ fn progress_of(p: &ScanProgress) -> Progress {
     Progress {
         total_bytes: total.max(done),
         bytes_done: done,
-        bytes_new: 0,
+        bytes_new: p.bytes_new.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -51,12 +51,16 @@ fn a_volume_is_backed_up_incrementally_across_pods_canceled_failed_and_restored(
     let never = Arc::new(AtomicBool::new(false));
 
     let mut reports = 0;
+    let mut new_seen = 0;
     let first = back_up_volume(&repo, &job(&dir), &never, |p| {
         reports += 1;
         assert!(p.bytes_done <= p.total_bytes);
+        assert!(p.bytes_new >= new_seen, "new bytes only grow");
+        new_seen = p.bytes_new;
     });
     assert_eq!(first.phase, Phase::Completed, "{first:?}");
     assert!(reports >= 1, "progress was reported");
+    assert!(new_seen <= first.progress.bytes_new);
     assert_eq!(first.progress.total_bytes, (12 << 20) + 5, "cache left out");
     assert!(first.progress.bytes_new >= 12 << 20);
     let first_id = first.snapshot_id.clone().expect("snapshot");

@@ -227,6 +227,9 @@ impl Ctx<'_> {
         let id = self.repo.blob_id(data);
         if let SaveOutcome::New { stored_bytes } = self.repo.save_blob(BlobKind::Data, id, data)? {
             add(&self.stats.bytes_new, data.len() as u64);
+            if let Some(p) = &self.progress {
+                p.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             add(&self.stats.bytes_stored, stored_bytes);
             add(&self.stats.blobs_new, 1);
         }

@@ -16,6 +16,8 @@ pub struct Progress {
     pub bytes_total: AtomicU64,
     /// Whether the totals are complete.
     pub totals_known: AtomicBool,
+    /// Bytes of new data stored so far (backup), before compression.
+    pub bytes_new: AtomicU64,
 }
 
 impl Progress {
