@@ -438,6 +438,61 @@ async fn cancel_volumes(
     Ok(running)
 }
 
+/// How long past its time limit a volume may stay unfinished before the controller gives
+/// up on its node agent (gone with its node, or never scheduled there).
+pub const ABANDON_GRACE: Duration = Duration::from_secs(600);
+
+/// The moment after which nobody will finish a volume: its start (or creation, if no
+/// agent took it) plus its time limit and a grace period.
+pub fn abandoned_after(volume: &PodVolumeBackup) -> Option<Timestamp> {
+    let limit = crate::duration::parse(volume.spec.timeout.as_deref().unwrap_or("4h")).ok()?;
+    let since = volume
+        .status
+        .as_ref()
+        .and_then(|s| s.start_timestamp.as_ref())
+        .or(volume.metadata.creation_timestamp.as_ref())?;
+    Some(since.0 + limit + ABANDON_GRACE)
+}
+
+/// Marks Failed the volumes no node agent finished in time, so the Backup ends.
+async fn fail_abandoned(
+    client: &Client,
+    settings: &Settings,
+    volumes: &mut [PodVolumeBackup],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let pvbs: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &settings.namespace);
+    for v in volumes.iter_mut().filter(|v| !is_final(v)) {
+        if abandoned_after(v).is_none_or(|deadline| deadline > now) {
+            continue;
+        }
+        let started = v
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::InProgress);
+        let mut st = v.status.clone().unwrap_or_default();
+        st.phase = Phase::Failed;
+        st.completion_timestamp = Some(Time(now));
+        st.message = Some(format!(
+            "the node agent of node {} {} within the time limit",
+            v.spec.node,
+            if started {
+                "stopped reporting and did not finish"
+            } else {
+                "did not start it"
+            }
+        ));
+        pvbs.patch_status(
+            &v.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": st })),
+        )
+        .await?;
+        v.status = Some(st);
+    }
+    Ok(())
+}
+
 async fn follow(
     backup: &Backup,
     client: &Client,
@@ -446,10 +501,11 @@ async fn follow(
 ) -> Result<Action, Error> {
     let name = backup.name_any();
     let api: Api<Backup> = Api::namespaced(client.clone(), &settings.namespace);
-    let volumes = volumes_of(client, settings, &name).await?;
+    let mut volumes = volumes_of(client, settings, &name).await?;
     if backup.spec.cancel {
         cancel_volumes(client, settings, &volumes).await?;
     }
+    fail_abandoned(client, settings, &mut volumes, now).await?;
     let mut status = backup.status.clone().unwrap_or_default();
     let statuses: Vec<_> = volumes.iter().map(|v| v.status.as_ref()).collect();
     let totals = aggregate(&statuses, status.skipped.len() as u32, backup.spec.cancel);

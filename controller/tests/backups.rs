@@ -548,3 +548,41 @@ async fn a_bad_ttl_fails_the_backup_with_a_message_naming_the_field() {
         .expect("reconcile");
     server.done().await;
 }
+
+#[tokio::test]
+async fn a_volume_no_node_agent_finishes_in_time_is_failed_by_the_controller() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let settings = settings(tmp.path());
+    let b = running_backup(json!({}));
+    let mut stuck = pvb("nightly-a", "data", json!({"phase": "New"}));
+    stuck["metadata"]["creationTimestamp"] = json!("2026-11-24T05:00:00Z");
+    stuck["spec"]["node"] = json!("worker-gone");
+    // Started 5 h 59 min ago with a 6 h limit: still within it plus the grace.
+    let mut slow = pvb(
+        "nightly-b",
+        "scratch",
+        json!({"phase": "InProgress",
+        "startTimestamp": "2026-11-24T04:01:00Z"}),
+    );
+    slow["spec"]["timeout"] = json!("6h");
+    let (client, server) = ApiServer::start(vec![
+        Call::new("GET", format!("{PVBS}{LIST_PVBS}"))
+            .ok(list("PodVolumeBackup", vec![stuck.clone(), slow.clone()])),
+        Call::new("PATCH", format!("{PVBS}/nightly-a/status?"))
+            .body(json!({"status": {"phase": "Failed",
+                "progress": {"totalBytes": 0, "bytesDone": 0, "bytesNew": 0},
+                "message": "the node agent of node worker-gone did not start it within the time limit",
+                "completionTimestamp": "2026-11-24T10:00:00Z"}}))
+            .ok(stuck),
+        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
+            .body_check(|b| {
+                assert_eq!(b["status"]["phase"], "InProgress");
+                assert_eq!(b["status"]["volumes"]["failed"], 1);
+            })
+            .ok(serde_json::to_value(backup(json!({}))).expect("json")),
+    ]);
+    reconcile(Arc::new(b), &client, &settings, now())
+        .await
+        .expect("reconcile");
+    server.done().await;
+}
