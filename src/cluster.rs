@@ -257,15 +257,19 @@ pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let client = client().await?;
         spawn_metrics(args.server.metrics_address);
-        let agent = podvault_controller::node_agent::Agent {
+        let mut agent = podvault_controller::node_agent::Agent {
             node: args.node.clone(),
             pods_root: args.kubelet_pods_root.clone(),
             concurrency: args.concurrency,
             report_every: Duration::from_secs(args.report_every.max(1)),
             settings: settings(global, &args.server),
         };
+        podvault_controller::node_agent::configure_for_node(&client, &mut agent).await?;
         podvault_controller::node_agent::check_pods_root(&client, &agent).await?;
-        tracing::info!(node = %agent.node, root = %agent.pods_root.display(), "node agent running");
+        tracing::info!(
+            node = %agent.node, root = %agent.pods_root.display(),
+            concurrency = agent.concurrency, "node agent running"
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("listening for SIGTERM")?;
         // Volumes still running when the agent stops stay InProgress; the next start of the

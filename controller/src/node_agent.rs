@@ -30,6 +30,41 @@ use crate::lineage::owner;
 
 /// The name of the restore helper's init container.
 pub const RESTORE_HELPER: &str = "restore-wait";
+/// Node annotation: how many volumes this node's agent works on at a time, overriding
+/// `--concurrency` (for nodes with more cores or faster disks than the rest).
+pub const CONCURRENCY_ANNOTATION: &str = "podvault.io/node-agent-concurrency";
+
+/// This node's concurrency: its annotation if it has a valid one (1 to 64), else `default`.
+/// An invalid annotation is reported and the default used.
+pub fn concurrency_for(node: &k8s_openapi::api::core::v1::Node, default: usize) -> usize {
+    let Some(text) = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONCURRENCY_ANNOTATION))
+    else {
+        return default;
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => n,
+        _ => {
+            tracing::warn!(
+                "node {}: annotation {CONCURRENCY_ANNOTATION}={text:?} is not a number from 1 \
+                 to 64; using {default}",
+                node.name_any()
+            );
+            default
+        }
+    }
+}
+
+/// Applies the node's own concurrency annotation, if any, to `agent`.
+pub async fn configure_for_node(client: &Client, agent: &mut Agent) -> Result<(), Error> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = nodes.get(&agent.node).await?;
+    agent.concurrency = concurrency_for(&node, agent.concurrency);
+    Ok(())
+}
 
 /// A node agent's settings.
 #[derive(Clone)]

@@ -445,3 +445,35 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn a_node_annotation_sets_its_agents_concurrency() {
+    use podvault_controller::node_agent::{concurrency_for, configure_for_node};
+    let node = |value: Option<&str>| -> k8s_openapi::api::core::v1::Node {
+        let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}});
+        if let Some(v) = value {
+            n["metadata"]["annotations"] = json!({"podvault.io/node-agent-concurrency": v});
+        }
+        serde_json::from_value(n).expect("node")
+    };
+    assert_eq!(concurrency_for(&node(None), 2), 2);
+    assert_eq!(concurrency_for(&node(Some(" 6 ")), 2), 6);
+    for bad in ["0", "65", "four", ""] {
+        assert_eq!(
+            concurrency_for(&node(Some(bad)), 2),
+            2,
+            "{bad:?} falls back"
+        );
+    }
+    let w = world().await;
+    let mut agent = w.agent.clone();
+    let (client, server) = ApiServer::start(vec![
+        Call::new("GET", "/api/v1/nodes/worker-1")
+            .ok(serde_json::to_value(node(Some("4"))).expect("json")),
+    ]);
+    configure_for_node(&client, &mut agent)
+        .await
+        .expect("configure");
+    server.done().await;
+    assert_eq!(agent.concurrency, 4);
+}
