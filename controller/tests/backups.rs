@@ -17,7 +17,7 @@ use podvault_controller::cluster::Settings;
 use podvault_controller::crd::Backup;
 use podvault_controller::plan::plan_backup;
 use podvault_store::{Repository, S3Options};
-use podvault_testkit::fast_init;
+use podvault_testkit::{fast_init, merge_json};
 use serde_json::{Value, json};
 
 const BACKUPS: &str = "/apis/podvault.io/v1alpha1/namespaces/podvault/backups";
@@ -53,19 +53,8 @@ fn backup(extra: Value) -> Backup {
         "spec": {"includedNamespaces": ["shop"], "ttl": "24h",
                  "labelSelector": {"matchLabels": {"app": "db"}}}
     });
-    merge(&mut b, extra);
+    merge_json(&mut b, extra);
     serde_json::from_value(b).expect("backup")
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
 }
 
 #[tokio::test]
@@ -278,7 +267,7 @@ fn running_backup(extra: Value) -> Backup {
         "startTimestamp": "2026-11-24T09:00:00Z",
         "expiration": "2026-11-25T09:00:00Z"
     }});
-    merge(&mut status, extra);
+    merge_json(&mut status, extra);
     backup(status)
 }
 

@@ -304,3 +304,17 @@ impl Cli {
         serde_json::from_str(&self.ok(&all)).expect("valid JSON")
     }
 }
+
+/// Merges `b` into `a` the way a JSON merge patch does for objects (without deleting on
+/// null): a test's small overrides of a full manifest.
+pub fn merge_json(a: &mut serde_json::Value, b: serde_json::Value) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_json(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}

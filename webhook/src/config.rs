@@ -1,0 +1,250 @@
+//! The restore helper's settings, from the labeled ConfigMap of the install namespace. Keys,
+//! defaults and parsing follow Velero's guide, so a Velero user's ConfigMap works unchanged:
+//! `image`, `cpuRequest`, `memRequest`, `cpuLimit`, `memLimit` (defaults 100m, 128Mi, 100m,
+//! 128Mi; "0" means unbounded), `secCtxRunAsUser`, `secCtxRunAsGroup`,
+//! `secCtxAllowPrivilegeEscalation`, and `secCtx` (YAML, wins over the three before it for
+//! the fields it sets). A value that does not parse, or a request above its limit, falls back
+//! to the defaults with a warning: a bad setting never blocks pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, SecurityContext};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// The labels that mark the ConfigMap: podvault's pair, or Velero's.
+pub const LABELS: [(&str, &str, &str); 2] = [
+    (
+        "podvault.io/plugin-config",
+        "podvault.io/pod-volume-restore",
+        "RestoreItemAction",
+    ),
+    (
+        "velero.io/plugin-config",
+        "velero.io/pod-volume-restore",
+        "RestoreItemAction",
+    ),
+];
+
+/// The image repository used when the ConfigMap names none.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/podvault/podvault";
+
+/// What the restore helper container gets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HelperConfig {
+    /// The image, always with a tag or digest.
+    pub image: String,
+    /// Requests and limits (absent ones are unbounded).
+    pub resources: ResourceRequirements,
+    /// The security context the ConfigMap sets; `None`: derived from the pod.
+    pub security_context: Option<SecurityContext>,
+}
+
+impl HelperConfig {
+    /// The settings without a ConfigMap.
+    pub fn defaults(version: &str) -> HelperConfig {
+        from_data(&BTreeMap::new(), version).0
+    }
+}
+
+/// Whether a ConfigMap's labels mark it as the helper's settings.
+pub fn is_helper_config(labels: &BTreeMap<String, String>) -> bool {
+    LABELS.iter().any(|(marker, kind, value)| {
+        labels.contains_key(*marker) && labels.get(*kind).map(String::as_str) == Some(*value)
+    })
+}
+
+/// Adds `version` as the tag of an image that has neither a tag nor a digest.
+pub fn with_tag(image: &str, version: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:{version}")
+    }
+}
+
+/// A Kubernetes quantity in base units (cores, bytes), for comparing a request with its
+/// limit. `None` if it does not parse.
+pub fn quantity_value(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(t.len());
+    let (number, suffix) = t.split_at(split);
+    if number.is_empty() || number.starts_with('-') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse::<i32>().ok()?),
+        _ => return None,
+    };
+    let v = value * factor;
+    v.is_finite().then_some(v)
+}
+
+/// One resource value: `Ok(None)` for "0" (unbounded), `Err` if it does not parse.
+fn resource(value: &str) -> Result<Option<Quantity>, ()> {
+    match quantity_value(value) {
+        Some(0.0) => Ok(None),
+        Some(_) => Ok(Some(Quantity(value.trim().to_string()))),
+        None => Err(()),
+    }
+}
+
+/// The helper's settings from a ConfigMap's data, and a warning for each value that was
+/// ignored.
+pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> (HelperConfig, Vec<String>) {
+    let mut warnings = Vec::new();
+    let image = match data
+        .get("image")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        Some(i) if !i.contains(char::is_whitespace) => with_tag(i, version),
+        Some(i) => {
+            warnings.push(format!(
+                "image {i:?} is not an image reference; using the default"
+            ));
+            with_tag(DEFAULT_IMAGE, version)
+        }
+        None => with_tag(DEFAULT_IMAGE, version),
+    };
+    let mut pick = |key: &str, default: &str| -> (Option<Quantity>, Option<Quantity>) {
+        let fallback = resource(default).unwrap_or(None);
+        match data.get(key) {
+            None => (fallback.clone(), fallback),
+            Some(v) => match resource(v) {
+                Ok(q) => (q, fallback),
+                Err(()) => {
+                    warnings.push(format!(
+                        "{key} {v:?} is not a quantity; using the default {default}"
+                    ));
+                    (fallback.clone(), fallback)
+                }
+            },
+        }
+    };
+    let (mut cpu_request, cpu_request_default) = pick("cpuRequest", "100m");
+    let (mut mem_request, mem_request_default) = pick("memRequest", "128Mi");
+    let (mut cpu_limit, cpu_limit_default) = pick("cpuLimit", "100m");
+    let (mut mem_limit, mem_limit_default) = pick("memLimit", "128Mi");
+    let above = |request: &Option<Quantity>, limit: &Option<Quantity>| match (request, limit) {
+        (Some(r), Some(l)) => {
+            quantity_value(&r.0).unwrap_or(0.0) > quantity_value(&l.0).unwrap_or(f64::MAX)
+        }
+        _ => false,
+    };
+    if above(&cpu_request, &cpu_limit) {
+        warnings.push(format!(
+            "cpuRequest {} is above cpuLimit {}; using the defaults",
+            cpu_request
+                .as_ref()
+                .map(|q| q.0.as_str())
+                .unwrap_or_default(),
+            cpu_limit.as_ref().map(|q| q.0.as_str()).unwrap_or_default()
+        ));
+        cpu_request = cpu_request_default;
+        cpu_limit = cpu_limit_default;
+    }
+    if above(&mem_request, &mem_limit) {
+        warnings.push(format!(
+            "memRequest {} is above memLimit {}; using the defaults",
+            mem_request
+                .as_ref()
+                .map(|q| q.0.as_str())
+                .unwrap_or_default(),
+            mem_limit.as_ref().map(|q| q.0.as_str()).unwrap_or_default()
+        ));
+        mem_request = mem_request_default;
+        mem_limit = mem_limit_default;
+    }
+    let map = |cpu: Option<Quantity>, mem: Option<Quantity>| {
+        let m: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", mem)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+        (!m.is_empty()).then_some(m)
+    };
+    let resources = ResourceRequirements {
+        requests: map(cpu_request, mem_request),
+        limits: map(cpu_limit, mem_limit),
+        ..ResourceRequirements::default()
+    };
+    let security_context = security_context(data, &mut warnings);
+    (
+        HelperConfig {
+            image,
+            resources,
+            security_context,
+        },
+        warnings,
+    )
+}
+
+fn security_context(
+    data: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Option<SecurityContext> {
+    let mut set = false;
+    let mut ctx = SecurityContext::default();
+    let mut id = |key: &str| -> Option<i64> {
+        let v = data.get(key)?;
+        match v.trim().parse::<i64>() {
+            Ok(n) if n >= 0 => {
+                set = true;
+                Some(n)
+            }
+            _ => {
+                warnings.push(format!("{key} {v:?} is not a user or group id; ignored"));
+                None
+            }
+        }
+    };
+    ctx.run_as_user = id("secCtxRunAsUser");
+    ctx.run_as_group = id("secCtxRunAsGroup");
+    if let Some(v) = data.get("secCtxAllowPrivilegeEscalation") {
+        match v.trim() {
+            "true" => ctx.allow_privilege_escalation = Some(true),
+            "false" => ctx.allow_privilege_escalation = Some(false),
+            _ => warnings.push(format!(
+                "secCtxAllowPrivilegeEscalation {v:?} is not true or false; ignored"
+            )),
+        }
+        set |= ctx.allow_privilege_escalation.is_some();
+    }
+    if let Some(yaml) = data.get("secCtx").filter(|y| !y.trim().is_empty()) {
+        match serde_yaml::from_str::<SecurityContext>(yaml) {
+            Ok(full) => {
+                let (user, group, escalation) = (
+                    ctx.run_as_user,
+                    ctx.run_as_group,
+                    ctx.allow_privilege_escalation,
+                );
+                ctx = full;
+                ctx.run_as_user = ctx.run_as_user.or(user);
+                ctx.run_as_group = ctx.run_as_group.or(group);
+                ctx.allow_privilege_escalation = ctx.allow_privilege_escalation.or(escalation);
+                set = true;
+            }
+            Err(e) => warnings.push(format!("secCtx is not a securityContext: {e}; ignored")),
+        }
+    }
+    set.then_some(ctx)
+}

@@ -1,0 +1,216 @@
+//! The webhook's decision, a pure function of (pod, pending PodVolumeRestores, helper
+//! settings): which volumes of a new pod are being restored, and the JSON Patch that puts
+//! the restore helper first among its init containers.
+//!
+//! How a pod is matched to a PodVolumeRestore (the same rule the node agent applies):
+//! - pods restored by name (bare pods, and every pod of a restore with `restorePods`): by
+//!   the pod's name;
+//! - PVC volumes: by claim name, whatever pod mounts the claim;
+//! - other volumes of pods a controller makes (Deployment, StatefulSet, DaemonSet, Job…): by
+//!   the owner workload and the volume name, since the new pod's own name is not known in
+//!   advance (and is often still empty when the webhook sees it).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, SeccompProfile,
+    SecurityContext, VolumeMount,
+};
+use podvault_controller::crd::{Phase, PodVolumeRestore};
+use podvault_controller::node_agent::{RESTORE_HELPER, restore_target};
+use serde_json::{Value, json};
+
+use crate::config::HelperConfig;
+
+/// Where the helper sees each volume: `/restores/<volume>`.
+pub const RESTORE_ROOT: &str = "/restores";
+/// The user the helper runs as when neither the pod nor the ConfigMap says.
+pub const DEFAULT_USER: i64 = 65532;
+
+/// What to do with one pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The JSON Patch to apply (operations), if any.
+    pub patch: Option<Value>,
+    /// The restore the helper waits for.
+    pub restore_uid: Option<String>,
+    /// The volumes it waits for.
+    pub volumes: Vec<String>,
+    /// Why nothing is done, for logs and metrics.
+    pub skipped: Option<&'static str>,
+}
+
+fn skip(reason: &'static str) -> Decision {
+    Decision {
+        skipped: Some(reason),
+        ..Decision::default()
+    }
+}
+
+/// Decides for a pod being created in `namespace`. Pods of kube-system and of podvault's
+/// own namespace, mirror pods, and pods that already have the helper are never touched.
+pub fn decide(
+    pod: &Pod,
+    namespace: &str,
+    install_namespace: &str,
+    pending: &[PodVolumeRestore],
+    config: &HelperConfig,
+) -> Decision {
+    if namespace == "kube-system" || namespace == install_namespace {
+        return skip("protected namespace");
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+        return skip("mirror pod");
+    }
+    let Some(spec) = &pod.spec else {
+        return skip("no pod spec");
+    };
+    if spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == RESTORE_HELPER)
+    {
+        return skip("helper already present");
+    }
+    // The namespace of the request is authoritative: a new pod often has none set.
+    let mut placed = pod.clone();
+    placed.metadata.namespace = Some(namespace.to_string());
+    let mut by_restore: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for pvr in pending {
+        let waiting = pvr.status.as_ref().is_none_or(|s| s.phase == Phase::New);
+        if waiting && pvr.spec.pod.is_none() && restore_target(&pvr.spec, &placed) {
+            by_restore
+                .entry(pvr.spec.restore_uid.as_str())
+                .or_default()
+                .push(pvr.spec.volume.as_str());
+        }
+    }
+    // One restore at a time into a namespace; if two claim the pod, the first (by UID)
+    // is served now and the other's volumes are left to a later pod.
+    let Some((uid, mut volumes)) = by_restore.into_iter().next() else {
+        return skip("no pending restore for this pod");
+    };
+    volumes.sort_unstable();
+    volumes.dedup();
+    let helper = helper_container(pod, uid, &volumes, config);
+    let container = serde_json::to_value(&helper).unwrap_or(Value::Null);
+    let operation = if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
+        json!({"op": "add", "path": "/spec/initContainers", "value": [container]})
+    } else {
+        json!({"op": "add", "path": "/spec/initContainers/0", "value": container})
+    };
+    Decision {
+        patch: Some(json!([operation])),
+        restore_uid: Some(uid.to_string()),
+        volumes: volumes.iter().map(|v| v.to_string()).collect(),
+        skipped: None,
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The restore helper container for `volumes` of restore `uid`.
+pub fn helper_container(
+    pod: &Pod,
+    uid: &str,
+    volumes: &[&str],
+    config: &HelperConfig,
+) -> Container {
+    Container {
+        name: RESTORE_HELPER.to_string(),
+        image: Some(config.image.clone()),
+        command: Some(
+            [
+                "podvault",
+                "restore-wait",
+                "--restore-uid",
+                uid,
+                "--volume",
+                &volumes.join(","),
+                "--root",
+                RESTORE_ROOT,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        volume_mounts: Some(
+            volumes
+                .iter()
+                .map(|v| VolumeMount {
+                    name: v.to_string(),
+                    mount_path: format!("{RESTORE_ROOT}/{v}"),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
+        resources: Some(config.resources.clone()),
+        security_context: Some(
+            config
+                .security_context
+                .clone()
+                .unwrap_or_else(|| derived_security_context(pod)),
+        ),
+        ..Container::default()
+    }
+}
+
+/// The helper's security context when the ConfigMap sets none: the pod's own identity
+/// (pod level, overridden by its first container: runAsUser, runAsGroup, runAsNonRoot), in a
+/// context Pod Security "restricted" admits. Without a user from the pod, a numeric
+/// non-root user is set, so `runAsNonRoot` is verifiable whatever user the image names.
+pub fn derived_security_context(pod: &Pod) -> SecurityContext {
+    let spec = pod.spec.as_ref();
+    let pod_ctx = spec.and_then(|s| s.security_context.as_ref());
+    let first = spec
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.security_context.as_ref());
+    let user = first
+        .and_then(|c| c.run_as_user)
+        .or(pod_ctx.and_then(|p| p.run_as_user));
+    let group = first
+        .and_then(|c| c.run_as_group)
+        .or(pod_ctx.and_then(|p| p.run_as_group));
+    let non_root = first
+        .and_then(|c| c.run_as_non_root)
+        .or(pod_ctx.and_then(|p| p.run_as_non_root));
+    let (run_as_user, run_as_non_root) = match user {
+        // The pod runs as root on purpose: so may its helper (it is not "restricted").
+        Some(0) => (Some(0), non_root.filter(|n| !n)),
+        Some(u) => (Some(u), Some(true)),
+        None => (Some(DEFAULT_USER), Some(true)),
+    };
+    SecurityContext {
+        run_as_user,
+        run_as_group: group,
+        run_as_non_root,
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}

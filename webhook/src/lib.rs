@@ -1,0 +1,6 @@
+//! podvault's mutating admission webhook: on pod creation in a namespace being restored, it
+//! puts the restore helper (`podvault restore-wait`) first among the pod's init containers,
+//! so a restore works whoever creates the pod.
+
+pub mod config;
+pub mod decide;
