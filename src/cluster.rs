@@ -97,6 +97,27 @@ pub struct NodeAgentArgs {
     report_every: u64,
 }
 
+#[derive(Args, Debug)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The serving certificate (PEM), reloaded when it changes.
+    #[arg(long, env = "PODVAULT_TLS_CERT", default_value = "/certs/tls.crt")]
+    tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "PODVAULT_TLS_KEY", default_value = "/certs/tls.key")]
+    tls_key: PathBuf,
+    /// Serve admission requests (HTTPS) here.
+    #[arg(long, env = "PODVAULT_WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
+    address: SocketAddr,
+    /// Serve Prometheus metrics (plain HTTP) here.
+    #[arg(long, env = "PODVAULT_METRICS_ADDRESS", default_value = "0.0.0.0:8086")]
+    metrics_address: SocketAddr,
+    /// This process's name in Events (the pod's name).
+    #[arg(long, env = "POD_NAME", default_value = "podvault-webhook")]
+    pod_name: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
     /// Create a Backup.
@@ -731,6 +752,65 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `podvault webhook`: the admission webhook that injects the restore helper.
+pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // The certificate must load before anything is served: a webhook that cannot present
+    // it would only fail every request.
+    let reloader = podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?;
+    let tls = podvault_certs::server_config(reloader.clone())?;
+    runtime()?.block_on(async move {
+        let client = client().await?;
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        let shared = Arc::new(podvault_webhook::server::Shared {
+            state: podvault_webhook::handler::State::new(&args.cluster.namespace, &version),
+            ready: AtomicBool::new(false),
+            metrics: podvault_webhook::server::Metrics::new()?,
+        });
+        let _reload = reloader.watch(Duration::from_secs(10));
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "podvault-webhook".into(),
+                instance: Some(args.pod_name.clone()),
+            },
+        );
+        tokio::spawn(podvault_webhook::watch::run(
+            client,
+            shared.clone(),
+            args.cluster.namespace.clone(),
+            version,
+            Some(recorder),
+        ));
+        let metrics = tokio::net::TcpListener::bind(args.metrics_address)
+            .await
+            .with_context(|| format!("binding {}", args.metrics_address))?;
+        let metrics_app = podvault_webhook::server::metrics_app(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum_serve(metrics, metrics_app).await {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(args.address)
+            .await
+            .with_context(|| format!("binding {}", args.address))?;
+        tracing::info!(address = %args.address, "webhook serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            r = podvault_webhook::server::serve_tls(listener, tls, podvault_webhook::server::app(shared)) => r?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("webhook stopping (SIGINT)"),
+            _ = term.recv() => tracing::info!("webhook stopping (SIGTERM)"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, app).await
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ enum Command {
     Controller(cluster::ControllerArgs),
     /// Run the node agent of one node (in the cluster, one per node).
     NodeAgent(cluster::NodeAgentArgs),
+    /// Run the admission webhook that injects the restore helper (in the cluster).
+    Webhook(cluster::WebhookArgs),
     /// The restore helper (init container): wait until every volume given is restored.
     /// Exits 0 then; non-zero with the reason if a volume's restore failed or time ran out,
     /// so the pod never starts on half-restored data.
@@ -366,7 +368,10 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     // The roles that run in the cluster log at info by default.
-    let server = matches!(cli.command, Command::Controller(_) | Command::NodeAgent(_));
+    let server = matches!(
+        cli.command,
+        Command::Controller(_) | Command::NodeAgent(_) | Command::Webhook(_)
+    );
     init_tracing(
         cli.global.verbose.max(u8::from(server)),
         cli.global.log_format == "json",
@@ -379,6 +384,7 @@ fn main() -> ExitCode {
         Command::Restore { cluster, command } => cluster::restore(&cluster, command),
         Command::Controller(args) => cluster::controller(&cli.global, args),
         Command::NodeAgent(args) => cluster::node_agent(&cli.global, args),
+        Command::Webhook(args) => cluster::webhook(args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
                 print!("{y}");

@@ -576,4 +576,9 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
     let out = run(&["node-agent", "--storage", "s3:b/p"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--node"), "{}", stderr(&out));
+    // The webhook refuses to start without its certificate, naming the file.
+    let cert = env.root.join("tls.crt");
+    let out = run(&["webhook", "--tls-cert", cert.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tls.crt"), "{}", stderr(&out));
 }

@@ -6,3 +6,4 @@ pub mod config;
 pub mod decide;
 pub mod handler;
 pub mod server;
+pub mod watch;

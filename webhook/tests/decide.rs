@@ -313,3 +313,47 @@ fn quantities_compare_in_base_units() {
         assert_eq!(quantity_value(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn the_cache_keeps_restores_not_started_and_the_first_labeled_configmap() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use podvault_webhook::watch::{helper_settings, pending};
+    let mut started = pvr("data", json!({"claim": "pgdata"}), json!(null));
+    started.spec.pod = Some(Default::default());
+    let kept = pending(vec![
+        pvr("a", json!({"claim": "x"}), json!(null)),
+        pvr("b", json!({"claim": "x"}), json!({"phase": "New"})),
+        pvr("c", json!({"claim": "x"}), json!({"phase": "InProgress"})),
+        pvr("d", json!({"claim": "x"}), json!({"phase": "Completed"})),
+        started,
+    ]);
+    let volumes: Vec<_> = kept.iter().map(|p| p.spec.volume.as_str()).collect();
+    assert_eq!(volumes, ["a", "b"]);
+
+    let map = |name: &str, labels: Value, data: Value| -> ConfigMap {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels}, "data": data}))
+        .expect("configmap")
+    };
+    let velero =
+        json!({"velero.io/plugin-config": "", "velero.io/pod-volume-restore": "RestoreItemAction"});
+    let maps = [
+        map("unrelated", json!({"app": "x"}), json!({"image": "evil"})),
+        map("z-helper", velero.clone(), json!({"image": "second"})),
+        map(
+            "a-helper",
+            velero,
+            json!({"image": "first", "cpuLimit": "x"}),
+        ),
+    ];
+    let (config, warnings, source) = helper_settings(maps.iter(), "0.1.0");
+    assert_eq!(config.image, "first:0.1.0");
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(
+        source.and_then(|m| m.metadata.name).as_deref(),
+        Some("a-helper")
+    );
+    let (config, warnings, source) = helper_settings(maps[..1].iter(), "0.1.0");
+    assert_eq!(config, HelperConfig::defaults("0.1.0"));
+    assert!(warnings.is_empty() && source.is_none());
+}
