@@ -17,14 +17,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Client, Resource, ResourceExt};
-use podvault_store::Access;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::aggregate::aggregate;
 use crate::cluster::{
-    BACKUP_FINALIZER, BACKUP_LABEL, Error, NODE_LABEL, Settings, blocking, ensure_repository,
-    open_repository, repository_key, repository_location,
+    BACKUP_FINALIZER, BACKUP_LABEL, Error, NODE_LABEL, Settings, ensure_repository, repository_key,
+    with_documents,
 };
 use crate::crd::{Backup, BackupStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec};
 use crate::plan::plan_backup;
@@ -338,6 +337,28 @@ fn claims_of(
     out
 }
 
+fn encode(record: &BackupRecord) -> podvault_store::Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(|e| podvault_store::Error::InvalidParameter {
+        name: "backup record",
+        reason: e.to_string(),
+    })
+}
+
+fn decode(
+    namespace: &str,
+    backup: &str,
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<BackupRecord>, Error> {
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|e| Error::Repository {
+                namespace: namespace.to_string(),
+                message: format!("the record of backup {backup} does not parse: {e}"),
+            })
+        })
+        .transpose()
+}
+
 async fn save_record(
     settings: &Settings,
     namespace: &str,
@@ -345,20 +366,9 @@ async fn save_record(
     backup: &str,
     record: &BackupRecord,
 ) -> Result<(), Error> {
-    let location = repository_location(&settings.storage, namespace);
-    let bytes = serde_json::to_vec(record).map_err(|e| Error::Invalid(e.to_string()))?;
-    let (repo, session) = open_repository(
-        settings,
-        &location,
-        namespace,
-        key,
-        "backup-record",
-        Access::Read,
-    )
-    .await?;
+    let bytes = encode(record).map_err(|e| Error::Invalid(e.to_string()))?;
     let doc = record_name(backup);
-    blocking(namespace, move || {
-        let _session = session;
+    with_documents(settings, namespace, key, "backup-record", move |repo| {
         repo.save_document(&doc, &bytes)
     })
     .await
@@ -371,30 +381,12 @@ pub async fn load_record(
     key: Vec<u8>,
     backup: &str,
 ) -> Result<Option<BackupRecord>, Error> {
-    let location = repository_location(&settings.storage, namespace);
-    let (repo, session) = open_repository(
-        settings,
-        &location,
-        namespace,
-        key,
-        "backup-record",
-        Access::Read,
-    )
-    .await?;
     let doc = record_name(backup);
-    let bytes = blocking(namespace, move || {
-        let _session = session;
+    let bytes = with_documents(settings, namespace, key, "backup-record", move |repo| {
         repo.load_document(&doc)
     })
     .await?;
-    bytes
-        .map(|b| {
-            serde_json::from_slice(&b).map_err(|e| Error::Repository {
-                namespace: namespace.to_string(),
-                message: format!("the record of backup {backup} does not parse: {e}"),
-            })
-        })
-        .transpose()
+    decode(namespace, backup, bytes)
 }
 
 async fn volumes_of(
@@ -571,17 +563,9 @@ async fn finish_records(
     namespaces.dedup();
     for namespace in namespaces {
         let key = repository_key(client, &settings.namespace, namespace).await?;
-        let mut record = load_record(settings, namespace, key.clone(), &name)
-            .await?
-            .unwrap_or_else(|| BackupRecord {
-                backup: Backup::new(&name, backup.spec.clone()),
-                volumes: Vec::new(),
-                pods: Vec::new(),
-                claims: Vec::new(),
-            });
-        record.backup = Backup::new(&name, backup.spec.clone());
-        record.backup.status = Some(status.clone());
-        record.volumes = volumes
+        let mut fresh = Backup::new(&name, backup.spec.clone());
+        fresh.status = Some(status.clone());
+        let mine: Vec<PodVolumeBackup> = volumes
             .iter()
             .filter(|v| v.spec.repository == namespace)
             .map(|v| {
@@ -594,7 +578,22 @@ async fn finish_records(
                 v
             })
             .collect();
-        save_record(settings, namespace, key, &name, &record).await?;
+        // One opening of the repository: read the record written at the start, complete it.
+        let (ns, backup_name, doc) = (namespace.to_string(), name.clone(), record_name(&name));
+        with_documents(settings, namespace, key, "backup-record", move |repo| {
+            let old = decode(&ns, &backup_name, repo.load_document(&doc)?).unwrap_or_else(|e| {
+                tracing::warn!("{e}: writing a new one");
+                None
+            });
+            let record = BackupRecord {
+                backup: fresh,
+                volumes: mine,
+                pods: old.as_ref().map(|r| r.pods.clone()).unwrap_or_default(),
+                claims: old.map(|r| r.claims).unwrap_or_default(),
+            };
+            repo.save_document(&doc, &encode(&record)?)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -653,13 +652,9 @@ async fn cleanup(backup: &Backup, client: &Client, settings: &Settings) -> Resul
             }
             Err(e) => return Err(e),
         };
-        let location = repository_location(&settings.storage, &namespace);
-        let (repo, session) =
-            open_repository(settings, &location, &namespace, key, "forget", Access::Read).await?;
         let doc = record_name(&name);
         let count = ids.len();
-        blocking(&namespace, move || {
-            let _session = session;
+        with_documents(settings, &namespace, key, "forget", move |repo| {
             for id in &ids {
                 match podvault_store::SnapshotId::from_hex(id) {
                     Some(id) => repo.remove_snapshot(&id)?,

@@ -129,6 +129,26 @@ pub async fn open_repository(
     Ok((Arc::new(repo), session))
 }
 
+/// Opens a namespace's repository in a session without loading its index, and runs
+/// `work` on it, all off the async runtime: for documents and snapshot removal, which
+/// need the key but not the index.
+pub async fn with_documents<T: Send + 'static>(
+    settings: &Settings,
+    namespace: &str,
+    key: Vec<u8>,
+    command: &'static str,
+    work: impl FnOnce(&Repository) -> podvault_store::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let s3 = settings.s3.clone();
+    let location = repository_location(&settings.storage, namespace);
+    blocking(namespace, move || {
+        let backend = podvault_store::open_backend(&location, &s3)?;
+        let (repo, _session) = Repository::open_session_bare(backend, &key, command)?;
+        work(&repo)
+    })
+    .await
+}
+
 /// Runs blocking store work for a namespace's repository on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
     namespace: &str,

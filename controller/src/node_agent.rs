@@ -148,13 +148,27 @@ async fn volume_dir(
     resolve(&agent.pods_root, pod_uid, &dir, csi).map_err(|e| e.to_string())
 }
 
-async fn location_of(client: &Client, agent: &Agent, repository: &str) -> Result<String, String> {
+/// Opens the repository a volume's object names: its location from the BackupRepository,
+/// its key from the Secret.
+async fn open_volume_repository(
+    client: &Client,
+    agent: &Agent,
+    repository: &str,
+    command: &'static str,
+    access: Access,
+) -> Result<(Arc<podvault_store::Repository>, podvault_store::Session), String> {
     let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &agent.settings.namespace);
-    repos
+    let location = repos
         .get(repository)
         .await
         .map(|r| r.spec.location)
-        .map_err(|e| format!("BackupRepository {repository}: {e}"))
+        .map_err(|e| format!("BackupRepository {repository}: {e}"))?;
+    let key = repository_key(client, &agent.settings.namespace, repository)
+        .await
+        .map_err(|e| e.to_string())?;
+    open_repository(&agent.settings, &location, repository, key, command, access)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Does one PodVolumeBackup from start to end; `cancel` is set when its spec asks.
@@ -229,26 +243,17 @@ async fn run_backup(
         Ok(d) => d,
         Err(e) => return failed(e),
     };
-    let location = match location_of(client, agent, &spec.repository).await {
-        Ok(l) => l,
-        Err(e) => return failed(e),
-    };
-    let key = match repository_key(client, &agent.settings.namespace, &spec.repository).await {
-        Ok(k) => k,
-        Err(e) => return failed(e.to_string()),
-    };
-    let opened = open_repository(
-        &agent.settings,
-        &location,
+    let (repo, session) = match open_volume_repository(
+        client,
+        agent,
         &spec.repository,
-        key,
         "node-agent backup",
         Access::Write,
     )
-    .await;
-    let (repo, session) = match opened {
+    .await
+    {
         Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(e),
     };
     let job = VolumeBackup {
         dir,
@@ -384,26 +389,17 @@ async fn run_restore(
         crate::agent::write_failure_marker(&dir, &spec.restore_uid, &message);
         failed(message)
     };
-    let location = match location_of(client, agent, &spec.repository).await {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
-    let key = match repository_key(client, &agent.settings.namespace, &spec.repository).await {
-        Ok(k) => k,
-        Err(e) => return fail(e.to_string()),
-    };
-    let opened = open_repository(
-        &agent.settings,
-        &location,
+    let (repo, session) = match open_volume_repository(
+        client,
+        agent,
         &spec.repository,
-        key,
         "node-agent restore",
         Access::Read,
     )
-    .await;
-    let (repo, session) = match opened {
+    .await
+    {
         Ok(r) => r,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
     let snapshot = spec.snapshot_id.clone();
     let uid = spec.restore_uid.clone();
