@@ -5,25 +5,12 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use podvault_controller::crd::PodVolumeRestore;
 use podvault_webhook::handler::State;
 use podvault_webhook::server::{Metrics, Shared, app, serve_tls};
 
-fn pending(count: usize) -> Vec<PodVolumeRestore> {
-    (0..count)
-        .map(|i| {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
-                "metadata": {"name": format!("r-{i}"), "namespace": "podvault"},
-                "spec": {"restoreName": "again", "restoreUid": "r-uid",
-                         "targetNamespace": format!("ns-{}", i % 100),
-                         "target": {"claim": format!("claim-{i}")},
-                         "volume": "data", "snapshotID": "s", "repository": "shop"}
-            }))
-            .expect("pvr")
-        })
-        .collect()
-}
+#[path = "../benches/shared/mod.rs"]
+mod shared;
+use shared::pending;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
     let reloader = podvault_certs::Reloader::new(dir.join("tls.crt"), dir.join("tls.key"))?;
     let state = State::new("podvault", "0.1.0");
-    *state.pending.write().map_err(|_| "lock")? = Arc::new(pending(10_000));
+    state.set_pending(pending(10_000));
     let shared = Arc::new(Shared {
         state,
         ready: AtomicBool::new(true),

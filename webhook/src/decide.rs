@@ -12,13 +12,15 @@
 
 use std::collections::BTreeMap;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, SeccompProfile,
     SecurityContext, VolumeMount,
 };
 use podvault_controller::crd::{Phase, PodVolumeRestore};
 use podvault_controller::node_agent::{RESTORE_HELPER, restore_target};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::HelperConfig;
 
@@ -30,8 +32,8 @@ pub const DEFAULT_USER: i64 = 65532;
 /// What to do with one pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
-    /// The JSON Patch to apply (operations), if any.
-    pub patch: Option<Value>,
+    /// The JSON Patch to apply, if any.
+    pub patch: Option<Patch>,
     /// The restore the helper waits for.
     pub restore_uid: Option<String>,
     /// The volumes it waits for.
@@ -96,13 +98,20 @@ pub fn decide(
     volumes.dedup();
     let helper = helper_container(pod, uid, &volumes, config);
     let container = serde_json::to_value(&helper).unwrap_or(Value::Null);
+    // Before the pod's own init containers, or as the whole list when it has none.
     let operation = if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
-        json!({"op": "add", "path": "/spec/initContainers", "value": [container]})
+        AddOperation {
+            path: PointerBuf::from_tokens(["spec", "initContainers"]),
+            value: Value::Array(vec![container]),
+        }
     } else {
-        json!({"op": "add", "path": "/spec/initContainers/0", "value": container})
+        AddOperation {
+            path: PointerBuf::from_tokens(["spec", "initContainers", "0"]),
+            value: container,
+        }
     };
     Decision {
-        patch: Some(json!([operation])),
+        patch: Some(Patch(vec![PatchOperation::Add(operation)])),
         restore_uid: Some(uid.to_string()),
         volumes: volumes.iter().map(|v| v.to_string()).collect(),
         skipped: None,

@@ -15,7 +15,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::handler::{MAX_BODY, Outcome, State, invalid, review};
+use crate::handler::{Answer, MAX_BODY, Outcome, State, invalid, review};
 
 /// The webhook's metrics.
 pub struct Metrics {
@@ -86,7 +86,7 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
-fn json(value: &serde_json::Value) -> Response {
+fn json(value: &Answer) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::to_vec(value).unwrap_or_default(),

@@ -74,12 +74,7 @@ pub async fn run(
             Api::<PodVolumeRestore>::namespaced(client.clone(), &namespace),
             restores_synced,
             move |known: &BTreeMap<String, PodVolumeRestore>| {
-                let now = pending(known.values().cloned());
-                *shared
-                    .state
-                    .pending
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner()) = Arc::new(now);
+                shared.state.set_pending(pending(known.values().cloned()));
                 mark_ready();
                 async {}
             },

@@ -58,10 +58,9 @@ fn config() -> HelperConfig {
     HelperConfig::defaults("0.1.0")
 }
 
-fn apply(pod: &Pod, patch: &Value) -> Pod {
+fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
     let mut doc = serde_json::to_value(pod).expect("json");
-    let patch: json_patch::Patch = serde_json::from_value(patch.clone()).expect("patch");
-    json_patch::patch(&mut doc, &patch).expect("applies");
+    json_patch::patch(&mut doc, patch).expect("applies");
     serde_json::from_value(doc).expect("still a pod")
 }
 
@@ -71,7 +70,8 @@ fn a_deployment_pod_gets_the_helper_first_for_its_claim_and_its_scratch_volume()
     let d = decide(&p, "shop", "podvault", &pending(), &config());
     assert_eq!(d.restore_uid.as_deref(), Some("r-uid"));
     assert_eq!(d.volumes, ["data", "scratch"]);
-    let patch = d.patch.expect("patch");
+    let typed = d.patch.expect("patch");
+    let patch = serde_json::to_value(&typed).expect("json");
     assert_eq!(patch[0]["op"], "add");
     assert_eq!(patch[0]["path"], "/spec/initContainers/0");
     assert_eq!(
@@ -98,7 +98,7 @@ fn a_deployment_pod_gets_the_helper_first_for_its_claim_and_its_scratch_volume()
     );
     // Applied, the helper runs before the pod's own init container; applying the decision
     // again adds nothing (reinvocation, retries).
-    let patched = apply(&p, &patch);
+    let patched = apply(&p, &typed);
     let names: Vec<String> = patched
         .spec
         .as_ref()
@@ -116,10 +116,11 @@ fn a_deployment_pod_gets_the_helper_first_for_its_claim_and_its_scratch_volume()
 #[test]
 fn a_pod_without_init_containers_gets_the_list_created() {
     let d = decide(&pod(json!({})), "shop", "podvault", &pending(), &config());
-    let patch = d.patch.expect("patch");
+    let typed = d.patch.expect("patch");
+    let patch = serde_json::to_value(&typed).expect("json");
     assert_eq!(patch[0]["path"], "/spec/initContainers");
     assert_eq!(patch[0]["value"][0]["name"], "restore-wait");
-    let patched = apply(&pod(json!({})), &patch);
+    let patched = apply(&pod(json!({})), &typed);
     assert_eq!(
         patched
             .spec

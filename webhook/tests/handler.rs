@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionReview;
 use podvault_controller::crd::PodVolumeRestore;
 use podvault_webhook::config::from_data;
-use podvault_webhook::handler::{Outcome, State, review};
+use podvault_webhook::handler::{Answer, Outcome, Response, State, review};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -22,7 +20,7 @@ fn state() -> State {
                  "repository": "shop"}
     }))
     .expect("pvr");
-    *s.pending.write().expect("lock") = Arc::new(vec![pvr]);
+    s.set_pending(vec![pvr]);
     s
 }
 
@@ -52,10 +50,15 @@ fn pod() -> Value {
                                  "persistentVolumeClaim": {"claimName": "pgdata"}}]}})
 }
 
-fn parse(answer: &Value) -> kube::core::admission::AdmissionResponse {
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(answer.clone()).expect("an AdmissionReview");
-    review.response.expect("a response")
+/// The answer as the API server reads it: JSON, then an AdmissionReview.
+fn parse(answer: &Answer) -> Response {
+    let wire = serde_json::to_vec(answer).expect("json");
+    let review: Answer = serde_json::from_slice(&wire).expect("an AdmissionReview");
+    assert_eq!(
+        (review.api_version.as_str(), review.kind.as_str()),
+        ("admission.k8s.io/v1", "AdmissionReview")
+    );
+    review.response
 }
 
 #[test]
@@ -63,17 +66,38 @@ fn a_pod_create_in_a_restored_namespace_gets_the_patch_and_dry_run_the_same() {
     let s = state();
     let (answer, outcome) = review(&body("CREATE", "Pod", false, pod()), &s);
     assert_eq!(outcome, Outcome::Injected);
-    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(answer["response"]["patchType"], "JSONPatch");
     let r = parse(&answer);
+    assert_eq!(r.patch_type.as_deref(), Some("JSONPatch"));
     assert!(r.allowed);
     assert_eq!(r.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
-    let patch: Value = serde_json::from_slice(&r.patch.expect("patch")).expect("json");
+    let patch = serde_json::to_value(r.patch_operations().expect("patch")).expect("json");
     assert_eq!(patch[0]["path"], "/spec/initContainers");
     assert_eq!(patch[0]["value"][0]["name"], "restore-wait");
     assert_eq!(r.warnings, None);
     let (dry, _) = review(&body("CREATE", "Pod", true, pod()), &s);
     assert_eq!(dry, answer, "dry run: the same answer");
+}
+
+#[test]
+fn pending_restores_are_looked_up_in_the_requests_namespace() {
+    let s = state();
+    let mut elsewhere: Value =
+        serde_json::from_slice(&body("CREATE", "Pod", false, pod())).expect("json");
+    elsewhere["request"]["namespace"] = json!("other");
+    elsewhere["request"]["object"]["metadata"]["namespace"] = json!("other");
+    let (answer, outcome) = review(&serde_json::to_vec(&elsewhere).expect("json"), &s);
+    assert_eq!(
+        outcome,
+        Outcome::Allowed,
+        "the same claim name in another namespace"
+    );
+    assert_eq!(parse(&answer).patch, None);
+    // A request without a namespace falls back to the pod's own.
+    let mut unplaced = elsewhere;
+    unplaced["request"]["namespace"] = Value::Null;
+    unplaced["request"]["object"]["metadata"]["namespace"] = json!("shop");
+    let (_, outcome) = review(&serde_json::to_vec(&unplaced).expect("json"), &s);
+    assert_eq!(outcome, Outcome::Injected);
 }
 
 #[test]
@@ -156,10 +180,14 @@ fn bodies_that_are_not_v1_reviews_are_invalid_with_a_reason() {
         let r = parse(&answer);
         assert!(!r.allowed);
         assert!(
-            r.result.message.contains(reason),
-            "{} / {reason}",
-            r.result.message
+            r.status
+                .as_ref()
+                .and_then(|s| s.message.as_deref())
+                .is_some_and(|m| m.contains(reason)),
+            "{:?} / {reason}",
+            r.status
         );
+        assert_eq!(r.status.and_then(|s| s.code), Some(400));
     }
     let (answer, _) = review(&serde_json::to_vec(&v1beta1).expect("json"), &s);
     assert_eq!(parse(&answer).uid, "705ab4f5-6393-11e8-b7cc-42010a800002");

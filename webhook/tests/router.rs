@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use podvault_webhook::handler::{MAX_BODY, State};
+use podvault_webhook::handler::{Answer, MAX_BODY, State};
 use podvault_webhook::server::{Metrics, Shared, app, metrics_app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -134,7 +134,7 @@ fn restoring() -> Arc<Shared> {
         }))
         .expect("pvr")
     };
-    *s.state.pending.write().expect("lock") = Arc::new(vec![
+    s.state.set_pending(vec![
         pvr("data", json!({"claim": "pgdata"})),
         pvr("scratch", json!({"owner": "Deployment/db"})),
         pvr("dump", json!({"owner": "StatefulSet/cache"})),
@@ -168,10 +168,10 @@ async fn real_admission_reviews_through_the_router() {
         match injected {
             None => assert!(r.get("patch").is_none(), "{file}: {answer}"),
             Some((volumes, user, path)) => {
-                let patch: kube::core::admission::AdmissionReview<kube::core::DynamicObject> =
-                    serde_json::from_value(answer.clone()).expect("review");
-                let bytes = patch.response.and_then(|r| r.patch).expect("patch");
-                let ops: Value = serde_json::from_slice(&bytes).expect("json patch");
+                assert!(r["patch"].is_string(), "{file}: the patch is base64 text");
+                let answer: Answer = serde_json::from_value(answer.clone()).expect("review");
+                let patch = answer.response.patch_operations().expect("patch");
+                let ops = serde_json::to_value(&patch).expect("json patch");
                 assert_eq!(ops[0]["path"], path, "{file}");
                 let helper = if path.ends_with("/0") {
                     &ops[0]["value"]
