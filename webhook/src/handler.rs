@@ -91,18 +91,20 @@ impl State {
         *self.pending.write().unwrap_or_else(|p| p.into_inner()) = pending;
     }
 
-    fn snapshot(&self) -> (Arc<Pending>, Settings) {
-        let pending = self
-            .pending
+    /// The pending restores now.
+    pub fn pending(&self) -> Arc<Pending> {
+        self.pending
             .read()
             .map(|p| p.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        let config = self
-            .config
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The helper settings now, with their ConfigMap's warnings.
+    pub fn settings(&self) -> Settings {
+        self.config
             .read()
             .map(|c| c.clone())
-            .unwrap_or_else(|c| c.into_inner().clone());
-        (pending, config)
+            .unwrap_or_else(|c| c.into_inner().clone())
     }
 }
 
@@ -289,7 +291,7 @@ pub fn review(body: &[u8], state: &State) -> (Answer, Outcome) {
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
         .unwrap_or_default();
-    let (pending, config) = state.snapshot();
+    let (pending, config) = (state.pending(), state.settings());
     let decision = decide(
         &pod,
         namespace,

@@ -1,5 +1,6 @@
 //! The webhook over real TLS on a loopback port, with a real HTTPS client: an admission
-//! request answered, and a certificate rotated while a client keeps its connection.
+//! request answered, a certificate rotated while a client keeps its connection, and only
+//! TLS 1.2 and 1.3 spoken.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,15 +43,50 @@ fn write_pair(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join("tls.key"), key).expect("key");
 }
 
+/// Serves the webhook over TLS on a loopback port with the pair in `dir`: (its reloader,
+/// the port, the server task).
+async fn start(
+    dir: &Path,
+) -> (
+    Arc<Reloader>,
+    u16,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let reloader = Reloader::new(dir.join("tls.crt"), dir.join("tls.key")).expect("load");
+    let shared = Arc::new(Shared {
+        state: State::new("podvault", "0.1.0"),
+        ready: AtomicBool::new(true),
+        metrics: Metrics::new().expect("metrics"),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(serve_tls(
+        listener,
+        server_config(reloader.clone()).expect("tls"),
+        app(shared),
+    ));
+    (reloader, port, server)
+}
+
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(port: u16, ca_pem: &str) -> Result<Sender, String> {
+    connect_with(port, ca_pem, rustls::DEFAULT_VERSIONS).await
+}
+
+async fn connect_with(
+    port: u16,
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Sender, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der(ca_pem)).map_err(|e| e.to_string())?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -105,23 +141,8 @@ async fn admission_over_tls_and_a_rotation_that_keeps_connections() {
     let dir = tempfile::tempdir().expect("tmp");
     let (ca1, cert1, key1) = authority("podvault CA 1");
     write_pair(dir.path(), &cert1, &key1);
-    let reloader =
-        Reloader::new(dir.path().join("tls.crt"), dir.path().join("tls.key")).expect("load");
+    let (reloader, port, server) = start(dir.path()).await;
     let watcher = reloader.watch(Duration::from_millis(50));
-    let shared = Arc::new(Shared {
-        state: State::new("podvault", "0.1.0"),
-        ready: AtomicBool::new(true),
-        metrics: Metrics::new().expect("metrics"),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(serve_tls(
-        listener,
-        server_config(reloader.clone()).expect("tls"),
-        app(shared),
-    ));
 
     let mut kept = connect(port, &ca1).await.expect("connect with CA 1");
     let answer = admit(&mut kept, "u-1").await;
@@ -156,4 +177,90 @@ async fn admission_over_tls_and_a_rotation_that_keeps_connections() {
     assert_eq!(admit(&mut fresh, "u-3").await["response"]["uid"], "u-3");
     server.abort();
     watcher.abort();
+}
+
+/// A ClientHello that offers only `version` (0x0301 is TLS 1.0, 0x0302 TLS 1.1, 0x0303
+/// TLS 1.2), as an old client sends it: no supported_versions extension. Apart from the
+/// version it is a hello the server can accept (ECDHE suites, groups, signature schemes).
+fn legacy_client_hello(version: u16) -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&[7; 32]); // random
+    body.push(0); // no session id
+    let suites: [u16; 4] = [0xc02b, 0xc02f, 0xc009, 0xc013];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for suite in suites {
+        body.extend_from_slice(&suite.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+    let mut extensions = Vec::new();
+    extension(&mut extensions, 0x000a, &[0, 4, 0x00, 0x1d, 0x00, 0x17]); // x25519, P-256
+    extension(&mut extensions, 0x000b, &[1, 0]); // uncompressed points
+    // ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
+    extension(&mut extensions, 0x000d, &[0, 6, 4, 3, 8, 4, 4, 1]);
+    extension(&mut extensions, 0x0017, &[]); // extended master secret
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(&extensions);
+    let mut handshake = vec![1]; // ClientHello
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01]; // handshake record
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// The server's first record in answer to `hello`.
+async fn first_record(port: u16, hello: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tcp.write_all(hello).await.expect("hello");
+    let mut header = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut header))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let mut record = header.to_vec();
+    let mut rest = vec![0u8; u16::from_be_bytes([header[3], header[4]]) as usize];
+    tcp.read_exact(&mut rest).await.expect("the record");
+    record.extend_from_slice(&rest);
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls_1_2_and_1_3_are_spoken() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = authority("podvault CA");
+    write_pair(dir.path(), &cert, &key);
+    let (_, port, server) = start(dir.path()).await;
+
+    for (name, version) in [
+        ("TLS 1.2", &rustls::version::TLS12),
+        ("TLS 1.3", &rustls::version::TLS13),
+    ] {
+        let mut sender = connect_with(port, &ca, &[version])
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(admit(&mut sender, name).await["response"]["uid"], name);
+    }
+    // The same hand-made hello: as TLS 1.2 it gets a ServerHello; as TLS 1.0 or 1.1, a
+    // fatal protocol_version alert (70).
+    let hello = first_record(port, &legacy_client_hello(0x0303)).await;
+    assert_eq!((hello[0], hello[5]), (0x16, 2), "TLS 1.2: {hello:02x?}");
+    for version in [0x0301u16, 0x0302] {
+        let reply = first_record(port, &legacy_client_hello(version)).await;
+        assert_eq!(
+            reply,
+            [0x15, 3, 3, 0, 2, 2, 70],
+            "{version:#06x}: expected a fatal protocol_version alert"
+        );
+    }
+    server.abort();
 }
