@@ -112,6 +112,8 @@ fn a_volume_is_backed_up_incrementally_across_pods_canceled_failed_and_restored(
         pseudo_random(1, 12 << 20)
     );
     assert!(!target.join("cache").exists());
+    // Readable by any user, so a helper that runs as the pod's non-root user sees it
+    // (Velero #10046: its helper could not read a marker only root could).
     let marker = target.join(".podvault/restore-1");
     assert_eq!(
         fs::metadata(&marker).expect("marker").permissions().mode() & 0o777,

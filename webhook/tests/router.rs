@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use podvault_webhook::handler::{Answer, MAX_BODY, State};
+use podvault_webhook::handler::{MAX_BODY, State};
 use podvault_webhook::server::{Metrics, Shared, app, metrics_app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
+use common::{FIXTURES, check, fixture, restoring};
 
 fn shared() -> Arc<Shared> {
     Arc::new(Shared {
@@ -113,74 +116,18 @@ async fn admission_health_readiness_and_metrics() {
     assert!(text.contains("podvault_webhook_injections_total 0"));
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(path).expect("fixture")
-}
-
-/// Pending restores of namespace `shop`: the claim `pgdata`, the Deployment's scratch
-/// volume and the StatefulSet's dump volume.
-fn restoring() -> Arc<Shared> {
-    let s = shared();
-    let pvr = |volume: &str, target: Value| -> podvault_controller::crd::PodVolumeRestore {
-        serde_json::from_value(json!({
-            "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
-            "metadata": {"name": format!("r-{volume}"), "namespace": "podvault"},
-            "spec": {"restoreName": "again", "restoreUid": "r-uid", "targetNamespace": "shop",
-                     "target": target, "volume": volume, "snapshotID": "s",
-                     "repository": "shop"}
-        }))
-        .expect("pvr")
-    };
-    s.state.set_pending(vec![
-        pvr("data", json!({"claim": "pgdata"})),
-        pvr("scratch", json!({"owner": "Deployment/db"})),
-        pvr("dump", json!({"owner": "StatefulSet/cache"})),
-    ]);
-    s
-}
-
 #[tokio::test]
 async fn real_admission_reviews_through_the_router() {
-    let s = restoring();
-    for (file, uid, injected) in [
-        (
-            "replicaset-pod.json",
-            "rs-1",
-            Some(("data,scratch", 999, "/spec/initContainers/0")),
-        ),
-        (
-            "statefulset-pod.json",
-            "sts-1",
-            Some(("dump", 65532, "/spec/initContainers")),
-        ),
-        ("unrelated-pod.json", "plain-1", None),
-        ("kube-system-pod.json", "sys-1", None),
-    ] {
+    let s = shared();
+    restoring(&s.state);
+    for (file, uid, injected) in FIXTURES {
         let (status, body) = call(app(s.clone()), "POST", "/mutate-pods", fixture(file)).await;
         assert_eq!(status, StatusCode::OK, "{file}");
-        let answer: Value = serde_json::from_slice(&body).expect("json");
-        let r = &answer["response"];
-        assert_eq!(r["uid"], uid, "{file}");
-        assert_eq!(r["allowed"], true, "{file}");
-        match injected {
-            None => assert!(r.get("patch").is_none(), "{file}: {answer}"),
-            Some((volumes, user, path)) => {
-                assert!(r["patch"].is_string(), "{file}: the patch is base64 text");
-                let answer: Answer = serde_json::from_value(answer.clone()).expect("review");
-                let patch = answer.response.patch_operations().expect("patch");
-                let ops = serde_json::to_value(&patch).expect("json patch");
-                assert_eq!(ops[0]["path"], path, "{file}");
-                let helper = if path.ends_with("/0") {
-                    &ops[0]["value"]
-                } else {
-                    &ops[0]["value"][0]
-                };
-                assert_eq!(helper["command"][5], volumes, "{file}");
-                assert_eq!(helper["securityContext"]["runAsUser"], user, "{file}");
-            }
-        }
+        check(
+            file,
+            uid,
+            injected,
+            &serde_json::from_slice(&body).expect("json"),
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The webhook over real TLS on a loopback port, with a real HTTPS client: an admission
-//! request answered, a certificate rotated while a client keeps its connection, and only
-//! TLS 1.2 and 1.3 spoken.
+//! request and the real review fixtures answered, a certificate rotated while a client
+//! keeps its connection, and only TLS 1.2 and 1.3 spoken.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +16,9 @@ use podvault_webhook::server::{Metrics, Shared, app, serve_tls};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+
+mod common;
+use common::{FIXTURES, check, fixture, restoring};
 
 /// A CA and a serving certificate for `localhost` signed by it: (CA PEM, cert PEM, key PEM).
 fn authority(name: &str) -> (String, String, String) {
@@ -58,6 +61,7 @@ async fn start(
         ready: AtomicBool::new(true),
         metrics: Metrics::new().expect("metrics"),
     });
+    restoring(&shared.state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -110,20 +114,23 @@ fn der(pem: &str) -> CertificateDer<'static> {
 }
 
 async fn admit(sender: &mut Sender, uid: &str) -> Value {
-    let body = json!({
+    let body = serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": "shop", "operation": "CREATE", "userInfo": {},
             "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
                        "spec": {"containers": [{"name": "w", "image": "nginx"}]}}}
-    });
+    }))
+    .expect("json");
+    post(sender, body).await
+}
+
+async fn post(sender: &mut Sender, body: Vec<u8>) -> Value {
     let request = hyper::Request::post("/mutate-pods")
         .header("host", "localhost")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(&body).expect("json"),
-        )))
+        .body(Full::new(Bytes::from(body)))
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     assert_eq!(response.status(), 200);
@@ -148,6 +155,10 @@ async fn admission_over_tls_and_a_rotation_that_keeps_connections() {
     let answer = admit(&mut kept, "u-1").await;
     assert_eq!(answer["response"]["uid"], "u-1");
     assert_eq!(answer["response"]["allowed"], true);
+    // The real reviews, over the same kept connection.
+    for (file, uid, injected) in FIXTURES {
+        check(file, uid, injected, &post(&mut kept, fixture(file)).await);
+    }
 
     // A half-written new pair (key of another certificate) is refused; CA 1 still works.
     let (ca2, cert2, key2) = authority("podvault CA 2");
