@@ -116,6 +116,43 @@ pub struct WebhookArgs {
     /// This process's name in Events (the pod's name).
     #[arg(long, env = "POD_NAME", default_value = "podvault-webhook")]
     pod_name: String,
+    /// Where the serving certificate comes from: `files` (mounted, from cert-manager or
+    /// your own), or `builtin` (podvault makes a CA and certificate, keeps them in a
+    /// Secret, writes them to --tls-cert/--tls-key and keeps the webhook configuration's
+    /// caBundle current).
+    #[arg(long, env = "PODVAULT_CERTIFICATES", value_enum, default_value_t)]
+    certificates: Certificates,
+    /// builtin: the Secret holding the CA and certificate (in the install namespace).
+    #[arg(
+        long,
+        env = "PODVAULT_CERTIFICATE_SECRET",
+        default_value = "podvault-webhook-tls"
+    )]
+    certificate_secret: String,
+    /// builtin: the webhook's Service, whose names the certificate carries.
+    #[arg(
+        long,
+        env = "PODVAULT_WEBHOOK_SERVICE",
+        default_value = "podvault-webhook"
+    )]
+    service: String,
+    /// builtin: the MutatingWebhookConfiguration whose caBundle is kept current.
+    #[arg(
+        long,
+        env = "PODVAULT_WEBHOOK_CONFIGURATION",
+        default_value = "podvault"
+    )]
+    webhook_configuration: String,
+}
+
+/// Where the webhook's serving certificate comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Certificates {
+    /// Read from the mounted files (cert-manager's Secret, or your own).
+    #[default]
+    Files,
+    /// Made and renewed by podvault itself.
+    Builtin,
 }
 
 #[derive(Subcommand, Debug)]
@@ -758,12 +795,33 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
 pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    // The certificate must load before anything is served: a webhook that cannot present
-    // it would only fail every request.
-    let reloader = podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?;
-    let tls = podvault_certs::server_config(reloader.clone())?;
     runtime()?.block_on(async move {
         let client = client().await?;
+        if args.certificates == Certificates::Builtin {
+            let target = podvault_certs::builtin::Target {
+                namespace: args.cluster.namespace.clone(),
+                secret: args.certificate_secret.clone(),
+                names: podvault_certs::builtin::service_names(
+                    &args.service,
+                    &args.cluster.namespace,
+                ),
+                webhook_configuration: args.webhook_configuration.clone(),
+                cert_path: args.tls_cert.clone(),
+                key_path: args.tls_key.clone(),
+            };
+            podvault_certs::builtin::ensure_at_start(&client, &target, Duration::from_secs(300))
+                .await
+                .context("making the webhook's built-in certificate")?;
+            tokio::spawn(podvault_certs::builtin::run(
+                client.clone(),
+                target,
+                Duration::from_secs(3600),
+            ));
+        }
+        // The certificate must load before anything is served: a webhook that cannot
+        // present it would only fail every request.
+        let reloader = podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?;
+        let tls = podvault_certs::server_config(reloader.clone())?;
         let version = env!("CARGO_PKG_VERSION").to_string();
         let shared = Arc::new(podvault_webhook::server::Shared {
             state: podvault_webhook::handler::State::new(&args.cluster.namespace, &version),

@@ -2,6 +2,10 @@
 //! cert-manager or podvault Secret is mounted), and reloaded when the files change, without a
 //! restart and without dropping connections: each new TLS handshake takes the current
 //! certificate, while established connections keep theirs.
+//!
+//! Without cert-manager, [`builtin`] makes and renews the certificates itself.
+
+pub mod builtin;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
