@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 /// The kubelet's pods directory on most distributions.
 pub const DEFAULT_PODS_ROOT: &str = "/var/lib/kubelet/pods";
 /// The setting that changes it, named in errors.
-pub const ROOT_SETTING: &str = "--kubelet-pods-root (Helm value nodeAgent.podsRoot)";
+pub const ROOT_SETTING: &str = "--kubelet-pods-root (Helm value nodeAgent.kubeletPodsRoot)";
 
 /// Why a volume's directory could not be found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

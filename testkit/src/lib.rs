@@ -1,6 +1,7 @@
 //! Test support: a real S3 server (s3s-fs) on loopback with random port and credentials,
 //! the places a test repository can live (a directory, or a prefix of that server's bucket),
-//! and a fault-injecting HTTP proxy to put between podvault and the server.
+//! and a fault-injecting HTTP proxy to put between podvault and the server; and, for the
+//! end-to-end suite, a stand-in Kubernetes API server ([`kubeapi`]).
 //!
 //! s3s-fs is installed by the test command (`scripts/test.sh`); a missing binary fails the
 //! test with the command that installs it.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use podvault_store::{Backend, DirBackend, S3Backend, S3Options};
 
+pub mod kubeapi;
 mod proxy;
 pub use proxy::{FaultKind, FaultProxy, FaultStats};
 
