@@ -795,6 +795,15 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
 pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    // Mounted certificates must load before anything else: a webhook that cannot present
+    // one would only fail every request. Built-in ones are made first, then loaded.
+    let mounted = match args.certificates {
+        Certificates::Files => Some(podvault_certs::Reloader::new(
+            &args.tls_cert,
+            &args.tls_key,
+        )?),
+        Certificates::Builtin => None,
+    };
     runtime()?.block_on(async move {
         let client = client().await?;
         if args.certificates == Certificates::Builtin {
@@ -818,9 +827,10 @@ pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
                 Duration::from_secs(3600),
             ));
         }
-        // The certificate must load before anything is served: a webhook that cannot
-        // present it would only fail every request.
-        let reloader = podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?;
+        let reloader = match mounted {
+            Some(r) => r,
+            None => podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?,
+        };
         let tls = podvault_certs::server_config(reloader.clone())?;
         let version = env!("CARGO_PKG_VERSION").to_string();
         let shared = Arc::new(podvault_webhook::server::Shared {
