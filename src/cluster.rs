@@ -252,7 +252,7 @@ fn settings(global: &Global, server: &ServerArgs) -> Settings {
         namespace: server.cluster.namespace.clone(),
         storage: server.storage.clone(),
         s3: crate::commands::s3_options(global),
-        init: podvault_store::InitOptions::default(),
+        init: podvault_controller::cluster::generated_key_init(),
     }
 }
 

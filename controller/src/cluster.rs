@@ -44,6 +44,23 @@ pub struct Settings {
     pub init: InitOptions,
 }
 
+/// Repository settings for the repositories the controller makes. Their password is the
+/// key Secret's 32 random bytes (256 bits), which no guessing reaches, so Argon2id's cost
+/// buys nothing there. A light setting (8 MiB, one pass: milliseconds) keeps every open by
+/// a node agent cheap in time and memory, where the default (64 MiB, three passes) costs
+/// about 0.2 s and 64 MiB per concurrent volume. Repositories keep the setting they were
+/// made with; passwords a person chooses (`podvault init`) keep the default.
+pub fn generated_key_init() -> InitOptions {
+    InitOptions {
+        kdf: podvault_store::KdfParams {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            ..podvault_store::KdfParams::default()
+        },
+        ..InitOptions::default()
+    }
+}
+
 /// Errors of the controllers and the node agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -116,3 +116,18 @@ async fn a_repository_is_pruned_once_per_interval_and_frees_forgotten_data() {
         .expect("check");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[test]
+fn repositories_with_generated_keys_use_a_light_kdf_that_opens() {
+    use podvault_controller::cluster::generated_key_init;
+    let init = generated_key_init();
+    let default = podvault_store::KdfParams::default();
+    assert!(init.kdf.memory_kib * 8 <= default.memory_kib && init.kdf.iterations == 1);
+    let dir = tempfile::tempdir().expect("tmp");
+    let backend = std::sync::Arc::new(podvault_store::DirBackend::new(dir.path()));
+    let key = [7u8; 32];
+    let made = podvault_store::Repository::init(backend.clone(), &key, &init).expect("init");
+    assert_eq!(made.config().kdf, init.kdf, "recorded for later keys");
+    podvault_store::Repository::open(backend.clone(), &key).expect("opens with the key");
+    assert!(podvault_store::Repository::open(backend, &[8u8; 32]).is_err());
+}
