@@ -323,7 +323,7 @@ fn certificates_builtin_or_from_cert_manager() {
         role["rules"],
         json!([{"apiGroups": ["admissionregistration.k8s.io"],
                 "resources": ["mutatingwebhookconfigurations"],
-                "resourceNames": [BASE], "verbs": ["get", "update"]}])
+                "resourceNames": [BASE], "verbs": ["get", "list", "watch", "update"]}])
     );
     let secret = env(deployment, "PODVAULT_CERTIFICATE_SECRET").expect("the Secret");
     let webhook_role = find(&objects, "Role", &format!("{BASE}-webhook"));

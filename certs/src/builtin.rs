@@ -522,19 +522,54 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-/// Keeps the certificates current until the task is dropped: checks every `every`, and
-/// retries a failed check after a minute.
+/// Keeps the certificates current until the task is dropped: checks every `every` (a
+/// failed check is retried after a minute), and watches the webhook configuration, so that
+/// a `caBundle` lost to a replace of the configuration is put back at once rather than at
+/// the next check.
 pub async fn run(client: Client, target: Target, every: Duration) {
+    use futures_util::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={}", target.webhook_configuration));
+    let mut changes = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    let mut current: Option<Bundle> = None;
+    let next = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next);
     loop {
-        let wait = match ensure(&client, &target, unix_now(), &Lifetimes::default()).await {
-            Ok(_) => every,
-            Err(e) => {
-                tracing::warn!("keeping the webhook certificate: {e}");
-                Duration::from_secs(60).min(every)
+        tokio::select! {
+            () = &mut next => {
+                let wait = match ensure(&client, &target, unix_now(), &Lifetimes::default()).await {
+                    Ok(bundle) => {
+                        current = Some(bundle);
+                        every
+                    }
+                    Err(e) => {
+                        tracing::warn!("keeping the webhook certificate: {e}");
+                        Duration::from_secs(60).min(every)
+                    }
+                };
+                next.as_mut().reset(tokio::time::Instant::now() + wait);
             }
-        };
-        tokio::time::sleep(wait).await;
+            Some(change) = changes.next() => {
+                let (Ok(config), Some(bundle)) = (change, current.as_ref()) else { continue };
+                if !trusts(&config, &bundle.ca_bundle) {
+                    tracing::info!("the webhook configuration lost its caBundle; setting it again");
+                    if let Err(e) = trust(&client, &target.webhook_configuration, &bundle.ca_bundle).await {
+                        tracing::warn!("keeping the webhook certificate: {e}");
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Whether every webhook of `config` trusts `ca_bundle`.
+fn trusts(config: &MutatingWebhookConfiguration, ca_bundle: &str) -> bool {
+    config.webhooks.iter().flatten().all(|w| {
+        w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(ca_bundle.as_bytes())
+    })
 }
 
 /// Ensures the certificates once at start, retrying (every 5 s, up to `patience`) while

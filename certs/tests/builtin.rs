@@ -269,3 +269,126 @@ async fn an_expiring_certificate_is_renewed_in_place_with_its_resource_version()
     assert_ne!(bundle.cert, old.cert);
     assert_eq!(verdict(&bundle, &names(), later, &l), Verdict::Keep);
 }
+
+/// The running loop, against a stand-in API that answers by request: the first check makes
+/// the certificate and sets the caBundle; when the configuration is then replaced without
+/// it (its watch says so), the loop puts it back without waiting for the next check.
+#[tokio::test]
+async fn a_configuration_replaced_without_its_ca_bundle_gets_it_back() {
+    use http::{Request, Response};
+    use kube::client::Body;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Cluster {
+        secret: Option<Value>,
+        mwc: Value,
+        puts: Vec<Value>,
+        held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
+        replaced: bool,
+    }
+    let state = Arc::new(Mutex::new(Cluster {
+        mwc: webhook_configuration(None),
+        ..Cluster::default()
+    }));
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cluster = state.clone();
+    tokio::spawn(async move {
+        let reply = |status: u16, body: &Value| {
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(body).expect("json")))
+                .expect("response")
+        };
+        while let Some((request, send)) = handle.next_request().await {
+            let (method, uri) = (request.method().clone(), request.uri().to_string());
+            let bytes = request.into_body().collect_bytes().await.expect("body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let mut c = cluster.lock().expect("lock");
+            let path = uri.split('?').next().unwrap_or_default().to_string();
+            match (method.as_str(), path.as_str()) {
+                ("GET", SECRET) => match &c.secret {
+                    Some(s) => send.send_response(reply(200, s)),
+                    None => send.send_response(reply(
+                        404,
+                        &json!({"kind": "Status",
+                        "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                        "code": 404}),
+                    )),
+                },
+                ("POST", "/api/v1/namespaces/podvault/secrets") => {
+                    let mut s = body.clone();
+                    s["metadata"]["resourceVersion"] = json!("1");
+                    c.secret = Some(s.clone());
+                    send.send_response(reply(201, &s));
+                }
+                ("GET", MWC) => send.send_response(reply(200, &c.mwc.clone())),
+                ("PUT", MWC) => {
+                    c.mwc = body.clone();
+                    c.puts.push(body.clone());
+                    send.send_response(reply(200, &body));
+                }
+                ("GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations")
+                    if uri.contains("watch=true") =>
+                {
+                    c.held.push(send);
+                }
+                ("GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations") => {
+                    let list = json!({"kind": "List", "apiVersion": "v1",
+                                      "metadata": {"resourceVersion": "5"}, "items": [c.mwc]});
+                    send.send_response(reply(200, &list));
+                }
+                _ => send.send_response(reply(
+                    404,
+                    &json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "NotFound", "code": 404}),
+                )),
+            }
+            // Once the caBundle is set and a watch is open, someone replaces the
+            // configuration without it, and the watch reports that.
+            if !c.replaced && !c.puts.is_empty() && !c.held.is_empty() {
+                c.replaced = true;
+                c.mwc = webhook_configuration(None);
+                c.mwc["metadata"]["resourceVersion"] = json!("9");
+                let event = json!({"type": "MODIFIED", "object": c.mwc});
+                let watch = c.held.remove(0);
+                watch.send_response(
+                    Response::builder()
+                        .status(200)
+                        .body(Body::from(format!("{event}\n").into_bytes()))
+                        .expect("response"),
+                );
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = tokio::spawn(podvault_certs::builtin::run(
+        kube::Client::new(service, "default"),
+        target(dir.path()),
+        std::time::Duration::from_secs(3600),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        {
+            let c = state.lock().expect("lock");
+            if c.puts.len() >= 2 {
+                let ca = c.secret.as_ref().map(data_of).expect("a Secret").ca_bundle;
+                for put in &c.puts {
+                    let got: k8s_openapi::ByteString = serde_json::from_value(
+                        put["webhooks"][0]["clientConfig"]["caBundle"].clone(),
+                    )
+                    .expect("caBundle");
+                    assert_eq!(got.0, ca.as_bytes());
+                }
+                assert!(c.replaced);
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the caBundle was not put back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    running.abort();
+}
