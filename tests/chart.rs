@@ -437,7 +437,10 @@ fn permissions_are_no_wider_than_each_component_needs() {
     };
     // The node agent reads; it only patches its own work items.
     assert_eq!(verbs("Role", "node-agent", "secrets"), ["get"]);
-    assert_eq!(verbs("ClusterRole", "node-agent", "pods"), ["get", "list"]);
+    assert_eq!(
+        verbs("ClusterRole", "node-agent", "pods"),
+        ["get", "list", "watch"]
+    );
     assert_eq!(
         verbs("Role", "node-agent", "podvolumebackups"),
         ["get", "list", "watch", "patch"]

@@ -495,6 +495,29 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
     let on_node = ListParams::default().fields(&format!("spec.nodeName={}", agent.node));
     let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
     let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    // Look again whenever a restore or a pod of this node changes (a helper starting is a
+    // pod change), and at least every 30 s; a burst of changes is taken as one.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let changes = {
+        use futures_util::StreamExt;
+        let restores = watcher(pvrs.clone(), watcher::Config::default())
+            .default_backoff()
+            .map(|_| ());
+        let here = watcher(
+            pods.clone(),
+            watcher::Config::default().fields(&format!("spec.nodeName={}", agent.node)),
+        )
+        .default_backoff()
+        .map(|_| ());
+        let wake = wake.clone();
+        tokio::spawn(
+            futures_util::stream::select(restores, here).for_each(move |()| {
+                wake.notify_one();
+                async {}
+            }),
+        )
+    };
+    let _stop_watching = AbortOnDrop(changes);
     loop {
         let waiting: Vec<PodVolumeRestore> = pvrs
             .list(&ListParams::default())
@@ -540,7 +563,19 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
                 });
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            () = wake.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
