@@ -551,7 +551,8 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
     // Three changed pages cost three chunks (about a MiB each), not the 24 MiB file.
     assert!(
         new < total / 4,
-        "incremental: {new} new bytes of {total}\n{b2}"
+        "incremental: {new} new bytes of {total}\n{b2}\n{}",
+        world.logs()
     );
     let described = world.cli(&["backup", "describe", "b2"]);
     assert!(described.contains("Completed"), "{described}");

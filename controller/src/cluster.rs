@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use podvault_store::{Access, Backend, FileKind, InitOptions, Repository, S3Options, Session};
@@ -224,17 +226,22 @@ pub async fn ensure_repository(
         let backend: Arc<dyn Backend> = podvault_store::open_backend(&at, &s3)?;
         match backend.read(FileKind::Config, "config") {
             Err(podvault_store::Error::NotFound { .. }) => {
-                Repository::init(backend, &password, &init).map(|_| ())
+                Repository::init(backend, &password, &init).map(|_| true)
             }
-            _ => Repository::open(backend, &password).map(|_| ()),
+            _ => Repository::open(backend, &password).map(|_| false),
         }
     })
     .await;
     let (phase, message) = match &made {
-        Ok(()) => (RepositoryPhase::Ready, None),
+        Ok(_) => (RepositoryPhase::Ready, None),
         Err(e) => (RepositoryPhase::NotReady, Some(e.to_string())),
     };
-    let status = json!({"status": {"phase": phase, "message": message}});
+    let mut status = json!({"status": {"phase": phase, "message": message}});
+    // A repository made just now has nothing to prune: its first maintenance is one
+    // interval away, not in the middle of the backup that made it.
+    if matches!(made, Ok(true)) {
+        status["status"]["lastMaintenance"] = json!(Time(Timestamp::now()));
+    }
     let patched = repos
         .patch_status(
             &repo.name_any(),
@@ -242,7 +249,7 @@ pub async fn ensure_repository(
             &Patch::Merge(&status),
         )
         .await?;
-    made.map(|()| (patched, key))
+    made.map(|_| (patched, key))
 }
 
 fn key_of(secret: &Secret, install_namespace: &str) -> Result<Vec<u8>, Error> {

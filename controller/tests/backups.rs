@@ -154,7 +154,14 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
             }))
             .created(),
         Call::new("PATCH", format!("{REPOS}/shop/status?"))
-            .body(json!({"status": {"phase": "Ready", "message": null}}))
+            .body_check(|body| {
+                assert_eq!(body["status"]["phase"], "Ready");
+                assert!(body["status"]["message"].is_null());
+                assert!(
+                    body["status"]["lastMaintenance"].is_string(),
+                    "a new repository counts as maintained: {body}"
+                );
+            })
             .ok(json!({
                 "apiVersion": "podvault.io/v1alpha1", "kind": "BackupRepository",
                 "metadata": {"name": "shop", "namespace": "podvault"},
