@@ -132,6 +132,8 @@ async fn post(sender: &mut Sender, body: Vec<u8>) -> Value {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("request");
+    // A kept connection takes the next request once the last one is fully done.
+    sender.ready().await.expect("the connection is ready");
     let response = sender.send_request(request).await.expect("response");
     assert_eq!(response.status(), 200);
     let bytes = response
