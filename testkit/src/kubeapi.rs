@@ -366,26 +366,45 @@ async fn handle(
     }
 }
 
-fn selected(t: &Target, params: &Params, key: &Key, object: &Value) -> bool {
-    t.namespace.as_ref().is_none_or(|n| n == &key.0)
-        && params
-            .label_selector
-            .as_deref()
-            .is_none_or(|s| labels_match(&object["metadata"]["labels"], s))
-        && params
-            .field_selector
-            .as_deref()
-            .is_none_or(|s| fields_match(object, s))
+/// Which objects a list or watch asks for: a namespace (or all) and the selectors.
+#[derive(Clone)]
+struct Selection {
+    namespace: Option<String>,
+    labels: Option<String>,
+    fields: Option<String>,
+}
+
+impl Selection {
+    fn new(t: &Target, params: &Params) -> Selection {
+        Selection {
+            namespace: t.namespace.clone(),
+            labels: params.label_selector.clone(),
+            fields: params.field_selector.clone(),
+        }
+    }
+
+    fn matches(&self, namespace: &str, object: &Value) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && self
+                .labels
+                .as_deref()
+                .is_none_or(|s| labels_match(&object["metadata"]["labels"], s))
+            && self
+                .fields
+                .as_deref()
+                .is_none_or(|s| fields_match(object, s))
+    }
 }
 
 fn list(api: &KubeApi, t: &Target, params: &Params) -> Response {
+    let selection = Selection::new(t, params);
     let store = api.lock();
     let items: Vec<Value> = store
         .objects
         .get(&t.kind)
         .map(|m| {
             m.iter()
-                .filter(|(k, o)| selected(t, params, k, o))
+                .filter(|((ns, _), o)| selection.matches(ns, o))
                 .map(|(_, o)| o.clone())
                 .collect()
         })
@@ -405,28 +424,12 @@ fn watch(api: &KubeApi, t: &Target, params: &Params) -> Response {
         .unwrap_or(0);
     let mut live = api.changes.subscribe();
     let matches = {
-        let (kind, namespace) = (t.kind.clone(), t.namespace.clone());
-        let (labels, fields) = (params.label_selector.clone(), params.field_selector.clone());
+        let (kind, selection) = (t.kind.clone(), Selection::new(t, params));
         move |c: &Change| {
-            let key = (
-                c.object["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                String::new(),
-            );
-            let target = Target {
-                kind: kind.clone(),
-                namespace: namespace.clone(),
-                name: None,
-                status: false,
-            };
-            let p = Params {
-                label_selector: labels.clone(),
-                field_selector: fields.clone(),
-                ..Params::default()
-            };
-            c.kind == kind && selected(&target, &p, &key, &c.object)
+            let namespace = c.object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default();
+            c.kind == kind && selection.matches(namespace, &c.object)
         }
     };
     let backlog: Vec<Change> = api
