@@ -139,6 +139,12 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
             report.index_files_rewritten
         );
     }
+    if report.packs_running > 0 {
+        println!(
+            "left {} packs of running backups alone (no snapshot names them yet)",
+            report.packs_running
+        );
+    }
     if !report.waiting_for.is_empty() {
         println!(
             "some deletions wait for {} running sessions to end ({}); run prune again later",

@@ -75,6 +75,12 @@ pub async fn reconcile(
                 "pruned: {} snapshots kept, {} packs deleted ({} bytes freed), {} repacked",
                 r.snapshots, r.packs_deleted, r.bytes_freed, r.packs_repacked
             );
+            if r.packs_running > 0 {
+                m.push_str(&format!(
+                    "; {} packs of running backups left alone",
+                    r.packs_running
+                ));
+            }
             if !r.waiting_for.is_empty() {
                 m.push_str(&format!(
                     "; {} packs wait for running sessions to end",

@@ -201,6 +201,10 @@ impl Index {
 #[derive(Serialize, Deserialize, Default)]
 pub(crate) struct IndexFile {
     pub packs: Vec<IndexPack>,
+    /// The session of the process that wrote it, so a prune leaves the packs of a backup
+    /// still running alone (absent in files written outside a session, and in older ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -15,7 +15,9 @@ use crate::crypto::Sealer;
 use crate::error::{Error, Result};
 use crate::index::IndexPack;
 use crate::pack::{PackRecord, header_length, parse_header};
-use crate::{BlobId, BlobKind, BlobLocation, NodeKind, PackId, Repository, TreeId};
+use crate::{
+    BlobId, BlobKind, BlobLocation, NodeKind, PackId, Repository, Snapshot, SnapshotId, TreeId,
+};
 
 const SESSION_AAD: &[u8] = b"podvault session v1";
 const MARKER_AAD: &[u8] = b"podvault deletion v1";
@@ -73,6 +75,8 @@ fn process_exists(pid: u32) -> bool {
 
 /// The shared view of a session's health, checked before a snapshot is written.
 pub(crate) struct SessionHealth {
+    /// The session file's name, written into this process's index files.
+    pub(crate) name: String,
     last_ok: Mutex<Instant>,
 }
 
@@ -155,6 +159,9 @@ pub struct PruneReport {
     pub blobs_repacked: usize,
     /// Bytes of those blobs.
     pub bytes_repacked: u64,
+    /// Packs no snapshot uses yet, left alone because a session still running wrote them
+    /// (or, not indexed yet, may have).
+    pub packs_running: usize,
     /// Packs marked for deletion by this run.
     pub packs_marked: usize,
     /// Packs deleted by this run (marked by it or earlier).
@@ -237,6 +244,7 @@ impl Repository {
             &seal_cbor(&sealer, SESSION_AAD, &info)?,
         )?;
         let health = Arc::new(SessionHealth {
+            name: name.clone(),
             last_ok: Mutex::new(Instant::now()),
         });
         *self.session.lock() = Some(health.clone());
@@ -402,16 +410,36 @@ impl Repository {
         Ok(n)
     }
 
-    /// Every blob (data and tree) the snapshots use, and how many snapshots there are.
-    /// Fails on any unreadable snapshot or tree: nothing may be deleted on partial
-    /// knowledge.
-    fn used_blobs(&self) -> Result<(HashSet<BlobId>, usize)> {
-        let snapshots = self.snapshots()?;
+    /// Every blob (data and tree) the snapshots use, and the snapshots. Fails on any
+    /// unreadable snapshot or tree: nothing may be deleted on partial knowledge.
+    fn used_blobs(&self) -> Result<(HashSet<BlobId>, HashSet<SnapshotId>)> {
+        let mut used = HashSet::new();
+        let mut seen = HashSet::new();
+        if self.add_new_snapshots(&mut used, &mut seen)? == 0 {
+            self.load_index(crate::Access::Read)?;
+        }
+        Ok((used, seen))
+    }
+
+    /// Adds to `used` the blobs of every snapshot not in `seen` (and adds those to `seen`);
+    /// returns how many there were.
+    fn add_new_snapshots(
+        &self,
+        used: &mut HashSet<BlobId>,
+        seen: &mut HashSet<SnapshotId>,
+    ) -> Result<usize> {
+        let fresh: Vec<Snapshot> = self
+            .snapshots()?
+            .into_iter()
+            .filter_map(|(id, s)| seen.insert(id).then_some(s))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
         // Reloaded after listing the snapshots, whole (marked packs too): a writer writes
         // its index files before its snapshot, so every tree listed is found.
         self.load_index(crate::Access::Read)?;
-        let mut used: HashSet<BlobId> = HashSet::new();
-        let mut stack: Vec<TreeId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+        let mut stack: Vec<TreeId> = fresh.iter().map(|s| s.tree).collect();
         while let Some(tree_id) = stack.pop() {
             if !used.insert(BlobId::from(tree_id)) {
                 continue;
@@ -425,7 +453,7 @@ impl Repository {
                 }
             }
         }
-        Ok((used, snapshots.len()))
+        Ok(fresh.len())
     }
 
     /// Every index file with its packs.
@@ -462,8 +490,10 @@ impl Repository {
                 });
             }
         }
-        let (used, snapshots) = self.used_blobs()?;
-        report.snapshots = snapshots;
+        // Sessions running now may be writing packs no snapshot names yet: listed before
+        // the snapshots, and again after the index files are read (below).
+        let mut live: HashSet<String> = self.live_sessions(own.name())?.into_iter().collect();
+        let (mut used, mut seen) = self.used_blobs()?;
         let present: HashMap<String, u64> =
             self.backend().list(FileKind::Pack)?.into_iter().collect();
         let mut markers = self.markers()?;
@@ -471,11 +501,16 @@ impl Repository {
 
         // Phase 1: choose packs to drop and to repack.
         let mut contents: HashMap<PackId, Vec<PackRecord>> = HashMap::new();
-        for (_, packs) in self.index_files()? {
-            for pack in packs {
+        let mut writers: HashMap<PackId, String> = HashMap::new();
+        for (_, file) in self.read_all_index_files()? {
+            for pack in file.packs {
+                if let Some(session) = &file.session {
+                    writers.insert(pack.id, session.clone());
+                }
                 contents.entry(pack.id).or_insert_with(|| records_of(&pack));
             }
         }
+        let mut unindexed = HashSet::new();
         for (name, &size) in &present {
             if let Some(id) = PackId::from_hex(name)
                 && !contents.contains_key(&id)
@@ -483,8 +518,24 @@ impl Repository {
                 && let Ok(records) = self.read_pack_header(name, size)
             {
                 contents.insert(id, records);
+                unindexed.insert(id);
             }
         }
+        // A backup that ended meanwhile wrote its snapshot first: its blobs count as used.
+        live.extend(self.live_sessions(own.name())?);
+        self.add_new_snapshots(&mut used, &mut seen)?;
+        report.snapshots = seen.len();
+        // The packs of backups still running (indexed under their session, or not indexed
+        // yet while any session runs) are left alone: their snapshots will use them, and a
+        // marked pack is one no writer may deduplicate against until a later prune.
+        let running: HashSet<PackId> = contents
+            .keys()
+            .filter(|id| {
+                writers.get(id).is_some_and(|s| live.contains(s))
+                    || (unindexed.contains(id) && !live.is_empty())
+            })
+            .copied()
+            .collect();
         let mut unused = Vec::new();
         let mut repack = Vec::new();
         for (id, records) in &contents {
@@ -495,6 +546,10 @@ impl Repository {
                 continue;
             }
             report.packs += 1;
+            if running.contains(id) {
+                report.packs_running += 1;
+                continue;
+            }
             let used_bytes: u64 = records
                 .iter()
                 .filter(|r| used.contains(&r.id))

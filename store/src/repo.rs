@@ -598,7 +598,8 @@ impl Repository {
     }
 
     fn write_index_file(&self, packs: Vec<IndexPack>) -> Result<IndexId> {
-        let plain = cbor(&IndexFile { packs })?;
+        let session = self.session.lock().as_ref().map(|h| h.name.clone());
+        let plain = cbor(&IndexFile { packs, session })?;
         let sealed = self.keys.sealer.seal(INDEX_AAD, &plain)?;
         let id = IndexId::from_bytes(*blake3::hash(&sealed).as_bytes());
         self.backend.write(FileKind::Index, &id.to_hex(), &sealed)?;

@@ -303,3 +303,69 @@ fn keys_are_listed_added_changed_and_the_last_is_kept() {
         assert_eq!(by_three.config().id, repo.config().id);
     }
 }
+
+#[test]
+fn a_prune_leaves_the_packs_of_a_running_backup_alone() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        // Garbage: a snapshot's data, then the snapshot forgotten.
+        let (repo, s) = open_writer(&place, "backup");
+        let old = save(&repo, 1, 300_000);
+        let snap = snapshot_of(&repo, "old", &[old.0]);
+        repo.remove_snapshot(&snap).expect("forget");
+        drop((repo, s));
+
+        // A backup is running: one pack indexed under its session, one not indexed yet.
+        let (running, running_session) = open_writer(&place, "backup");
+        let indexed = save(&running, 2, 300_000);
+        running.flush().expect("flush");
+        let unindexed = save(&running, 3, 20_000_000);
+        let before = files_of(&place, FileKind::Pack);
+        assert!(before >= 4, "{}: {before} packs", place.name);
+
+        let (pruner, prune_session) = open_writer(&place, "prune");
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        drop((pruner, prune_session));
+        // The forgotten snapshot's data and tree packs are marked; the running backup's
+        // packs are not, whether indexed or not.
+        assert_eq!(report.packs_marked, 2, "{}: {report:?}", place.name);
+        assert!(report.packs_running >= 2, "{}: {report:?}", place.name);
+        assert_eq!(report.waiting_for, vec![running_session.name().to_string()]);
+
+        // A backup starting now deduplicates against the running one's data.
+        let (other, other_session) = open_writer(&place, "backup");
+        for (id, data) in [&indexed, &unindexed] {
+            assert_eq!(
+                other.save_blob(BlobKind::Data, *id, data).expect("save"),
+                SaveOutcome::Known,
+                "{}: a running backup's blob",
+                place.name
+            );
+        }
+        drop((other, other_session));
+
+        // The running backup finishes; the next prune deletes only the garbage.
+        let kept = snapshot_of(&running, "new", &[indexed.0, unindexed.0]);
+        drop((running, running_session));
+        let (pruner, prune_session) = open_writer(&place, "prune");
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        drop((pruner, prune_session));
+        assert_eq!(report.packs_deleted, 2, "{}: {report:?}", place.name);
+        assert_eq!(report.packs_rescued, 0, "{}: {report:?}", place.name);
+        assert_eq!(report.packs_marked, 0, "{}: {report:?}", place.name);
+        check_ok(&place);
+        let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+        let (_, snapshot) = repo.find_snapshot(&kept.to_hex()).expect("snapshot");
+        let tree = repo.load_tree(&snapshot.tree).expect("tree");
+        assert_eq!(
+            repo.load_blob(BlobKind::Data, &tree.nodes[0].content[1])
+                .expect("data"),
+            unindexed.1
+        );
+    }
+}
