@@ -85,6 +85,10 @@ struct FileState {
     node: Node,
     chunks_left: AtomicUsize,
     failed: AtomicBool,
+    /// Held while writing: the kernel lets one write into a file at a time and spins the
+    /// others on the inode lock, burning a core; waiting here sleeps, so another worker
+    /// can decompress and verify meanwhile.
+    writing: Mutex<()>,
 }
 
 /// Where one chunk goes.
@@ -161,11 +165,12 @@ impl Shared<'_> {
         }
     }
 
-    /// Reads the blobs of one pack, in runs, and writes each where it goes.
-    fn restore_pack(&self, job: &PackJob) {
+    /// Reads the blobs of one pack, in runs, and writes each where it goes. `read` and
+    /// `plain_buf` are the worker's buffers, kept from job to job (freshly mapped memory
+    /// for every read cost a page fault per 4 KiB).
+    fn restore_pack(&self, job: &PackJob, read: &mut Vec<u8>, plain_buf: &mut Vec<u8>) {
         let name = job.pack.to_hex();
         let blobs = &job.blobs;
-        let mut plain_buf = Vec::new();
         let mut open: Option<(*const FileState, File)> = None;
         let mut i = 0;
         while i < blobs.len() {
@@ -183,27 +188,28 @@ impl Shared<'_> {
                 end = end.max(o + n);
                 j += 1;
             }
-            let read = self
-                .repo
-                .backend()
-                .read_range(FileKind::Pack, &name, start, end - start);
+            let fetched = self.repo.backend().read_range_into(
+                FileKind::Pack,
+                &name,
+                start,
+                end - start,
+                read,
+            );
             {
                 let mut report = self.report.lock();
                 report.pack_reads += 1;
                 report.pack_bytes_read += end - start;
             }
-            match read {
-                Ok(mut buf) => {
+            match fetched {
+                Ok(()) => {
+                    let buf = &mut *read;
                     for blob in &blobs[i..j] {
                         let at = (u64::from(blob.loc.offset) - start) as usize;
                         let len = blob.loc.sealed_len as usize;
                         let opened = match buf.get_mut(at..at + len) {
-                            Some(sealed) => self.repo.open_blob_in_place(
-                                &blob.id,
-                                &blob.loc,
-                                sealed,
-                                &mut plain_buf,
-                            ),
+                            Some(sealed) => self
+                                .repo
+                                .open_blob_in_place(&blob.id, &blob.loc, sealed, plain_buf),
                             None => Err(podvault_store::Error::Corrupt {
                                 what: "pack",
                                 name: name.clone(),
@@ -274,7 +280,10 @@ impl Shared<'_> {
                     .open(&t.file.path)
                     .map(|f| &open.insert((key, f)).1),
             };
-            let written = file.and_then(|f| write_sparse(f, plain, t.offset));
+            let written = file.and_then(|f| {
+                let _turn = t.file.writing.lock();
+                write_sparse(f, plain, t.offset)
+            });
             match written {
                 Ok(n) => {
                     self.report.lock().bytes += n;
@@ -340,8 +349,9 @@ pub fn restore(
             let rx = rx.clone();
             let shared = &shared;
             s.spawn(move || {
+                let (mut read, mut plain) = (Vec::new(), Vec::new());
                 for job in rx {
-                    shared.restore_pack(&job);
+                    shared.restore_pack(&job, &mut read, &mut plain);
                 }
             });
         }
@@ -558,6 +568,7 @@ impl Walker<'_> {
             node: node.clone(),
             chunks_left: AtomicUsize::new(node.content.len()),
             failed: AtomicBool::new(false),
+            writing: Mutex::new(()),
         });
         if node.content.is_empty() {
             self.shared.file_done(&state);

@@ -71,6 +71,19 @@ pub trait Backend: Send + Sync {
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// `len` bytes from `offset`; fewer only if the file is shorter (the caller checks).
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// [`Backend::read_range`] into `buf` (replacing its content), which a backend that
+    /// reads into memory it owns can reuse from one call to the next.
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read_range(kind, name, offset, len)?;
+        Ok(())
+    }
     /// Stores a file atomically and durably, replacing any file of the same name.
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// [`Backend::write`] of a buffer the caller gives up, which a backend that must keep
@@ -188,12 +201,29 @@ impl Backend for DirBackend {
     }
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let (f, path) = self.open(kind, name)?;
         let len = usize::try_from(len).map_err(|_| Error::InvalidParameter {
             name: "range length",
             reason: format!("{len} does not fit in memory"),
         })?;
-        let mut buf = vec![0u8; len];
+        // Reused memory is not zeroed again: every byte kept is read below.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
         let mut done = 0;
         while done < len {
             match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -204,7 +234,7 @@ impl Backend for DirBackend {
             }
         }
         buf.truncate(done);
-        Ok(buf)
+        Ok(())
     }
 
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {

@@ -310,3 +310,39 @@ fn documents(place: &Place) {
     repo.remove_document("backup-b.json").expect("remove twice");
     assert_eq!(repo.documents().expect("list").len(), 2);
 }
+
+#[test]
+fn ranged_reads_into_a_reused_buffer_hold_only_the_range() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        place.backend.create().expect("create");
+        let data = pseudo_random(9, 100_000);
+        place
+            .backend
+            .write(FileKind::Pack, "abcd", &data)
+            .expect("write");
+        let mut buf = Vec::new();
+        for (offset, len) in [(0u64, 60_000u64), (10, 5), (99_990, 100), (50_000, 50_000)] {
+            place
+                .backend
+                .read_range_into(FileKind::Pack, "abcd", offset, len, &mut buf)
+                .expect("read");
+            let end = (offset + len).min(data.len() as u64) as usize;
+            assert_eq!(
+                buf,
+                &data[offset as usize..end],
+                "{}: {offset}+{len}",
+                place.name
+            );
+        }
+        let err = place
+            .backend
+            .read_range_into(FileKind::Pack, "gone", 0, 10, &mut buf)
+            .expect_err("missing");
+        assert!(
+            matches!(err, Error::NotFound { .. }),
+            "{}: {err}",
+            place.name
+        );
+    }
+}
