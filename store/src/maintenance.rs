@@ -428,10 +428,14 @@ impl Repository {
         used: &mut HashSet<BlobId>,
         seen: &mut HashSet<SnapshotId>,
     ) -> Result<usize> {
+        // Only snapshots not seen before are read (and decrypted) again.
         let fresh: Vec<Snapshot> = self
-            .snapshots()?
+            .snapshots_not_in(seen)?
             .into_iter()
-            .filter_map(|(id, s)| seen.insert(id).then_some(s))
+            .map(|(id, s)| {
+                seen.insert(id);
+                s
+            })
             .collect();
         if fresh.is_empty() {
             return Ok(0);

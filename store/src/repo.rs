@@ -800,9 +800,17 @@ impl Repository {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        self.snapshots_not_in(&HashSet::new())
+    }
+
+    /// Every snapshot but those in `known` (which are not read again), oldest first.
+    pub(crate) fn snapshots_not_in(
+        &self,
+        known: &HashSet<SnapshotId>,
+    ) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Some(id) = SnapshotId::from_hex(&name) else {
+            let Some(id) = SnapshotId::from_hex(&name).filter(|id| !known.contains(id)) else {
                 continue;
             };
             match self.load_snapshot(&id) {
