@@ -294,6 +294,7 @@ fn init(global: &Global, args: InitArgs) -> Result<ExitCode> {
         kdf: KdfParams {
             memory_kib: args.kdf_memory_kib,
             iterations: args.kdf_iterations,
+            parallelism: args.kdf_lanes,
             ..KdfParams::default()
         },
     };

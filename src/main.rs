@@ -205,6 +205,9 @@ pub struct InitArgs {
     /// Argon2id passes.
     #[arg(long, default_value_t = podvault_store::KdfParams::default().iterations)]
     kdf_iterations: u32,
+    /// Argon2id lanes, computed in parallel on the machine's cores.
+    #[arg(long, default_value_t = podvault_store::KdfParams::default().parallelism)]
+    kdf_lanes: u32,
     /// Smallest chunk in bytes.
     #[arg(long, default_value_t = podvault_store::limits::DEFAULT_MIN_CHUNK_BYTES)]
     chunk_min: u32,

@@ -58,6 +58,8 @@ impl Env {
             "256",
             "--kdf-iterations",
             "1",
+            "--kdf-lanes",
+            "2",
         ]);
     }
 }
@@ -88,6 +90,10 @@ fn make_source(root: &Path) -> PathBuf {
 fn create_list_show_restore_and_check_with_json() {
     let env = Env::new();
     env.init();
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.repo().join("config")).expect("config"))
+            .expect("json");
+    assert_eq!(config["kdf"]["parallelism"], 2, "--kdf-lanes is recorded");
     let src = make_source(&env.root);
     let created = env.json(&[
         "snapshot",

