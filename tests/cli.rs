@@ -298,6 +298,10 @@ fn unreadable_files_give_exit_code_3_and_are_listed() {
     let secret = src.join("secret");
     fs::write(&secret, b"top secret").expect("write");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+    let locked = src.join("locked");
+    fs::create_dir(&locked).expect("mkdir");
+    fs::write(locked.join("inside"), b"hidden").expect("write");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).expect("chmod");
     let as_root = rustix::process::geteuid().is_root();
     let mut cmd = if as_root {
         // Root reads everything: run as nobody, who owns the repository but not the file.
@@ -317,10 +321,15 @@ fn unreadable_files_give_exit_code_3_and_are_listed() {
     assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(out.contains("secret"), "{out}");
+    assert!(
+        out.contains("locked") && out.contains("cannot list the directory"),
+        "{out}"
+    );
     // The snapshot was saved with the other files.
     let list = env.json(&["snapshot", "ls"]);
     assert_eq!(list[0]["snapshot"]["summary"]["files"], 3);
-    assert_eq!(list[0]["snapshot"]["summary"]["errors"], 1);
+    assert_eq!(list[0]["snapshot"]["summary"]["errors"], 2);
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod back");
 }
 
 fn walkdir(dir: &Path) -> Vec<PathBuf> {

@@ -2,8 +2,8 @@
 //!
 //! The walk is parallel and made of units of work on one last-in first-out stack shared by
 //! the scan threads (one per core):
-//! - a directory unit lists one directory with `ignore` (every filter off, one level, names
-//!   in byte order, symlinks never followed), compares each entry with the same directory
+//! - a directory unit lists one directory (names in byte order, `lstat` relative to the
+//!   open directory, symlinks never followed), compares each entry with the same directory
 //!   of the parent snapshot (loaded only now, one tree at a time), settles unchanged files
 //!   and special files at once, groups changed small files into batches and pushes them,
 //!   each large file and each subdirectory as units of their own;
@@ -752,43 +752,45 @@ impl Scan<'_, '_> {
         }
     }
 
-    /// The entries of a directory in name order with their `lstat` data, read with
-    /// `ignore` (every filter off, one level). Unreadable entries are reported.
+    /// The entries of a directory in name order with their `lstat` data. Each entry is
+    /// looked up relative to the open directory (`statx` on its descriptor), not by its
+    /// full path, and names are compared as bytes once each, not re-parsed from paths.
+    /// Unreadable entries are reported.
     fn list(&self, path: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
-        let walker = ignore::WalkBuilder::new(path)
-            .standard_filters(false)
-            .hidden(false)
-            .parents(false)
-            .follow_links(false)
-            .max_depth(Some(1))
-            .sort_by_file_name(|a, b| a.as_bytes().cmp(b.as_bytes()))
-            .build();
+        let entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.ctx
+                    .skip(path, format!("cannot list the directory: {e}"));
+                return Vec::new();
+            }
+        };
         let mut out = Vec::new();
-        for entry in walker {
+        for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    self.ctx.skip(path, e);
-                    continue;
+                    self.ctx
+                        .skip(path, format!("cannot list the directory: {e}"));
+                    break;
                 }
             };
-            if entry.depth() == 0 {
-                continue;
-            }
+            let name = entry.file_name();
+            let child = path.join(&name);
             if let Some(ex) = &self.ctx.excludes
-                && entry
-                    .path()
+                && child
                     .strip_prefix(&self.ctx.source)
                     .is_ok_and(|rel| ex.matches(rel))
             {
                 continue;
             }
             match entry.metadata() {
-                Ok(md) => out.push((entry.into_path(), md)),
-                Err(e) => self.ctx.skip(entry.path(), e),
+                Ok(md) => out.push((name, child, md)),
+                Err(e) => self.ctx.skip(&child, e),
             }
         }
-        out
+        out.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        out.into_iter().map(|(_, p, md)| (p, md)).collect()
     }
 
     /// Reads and stores one changed file; `None` if it was left out.
