@@ -346,3 +346,69 @@ fn ranged_reads_into_a_reused_buffer_hold_only_the_range() {
         );
     }
 }
+
+/// Full packs are written by threads of their own: a write that fails is reported by a
+/// later save or by `flush`, its blobs are forgotten rather than indexed, and saving them
+/// again once the fault is gone stores them.
+#[test]
+fn a_pack_write_that_fails_in_the_background_is_reported_and_its_blobs_stored_again() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let place = podvault_store::DirBackend::new(tmp.path());
+    let backend: Arc<dyn Backend> = Arc::new(place);
+    let repo = Repository::init(backend.clone(), b"pw", &fast_init()).expect("init");
+    // Packs cannot be written while `data` is a file: each write fails with ENOTDIR, even
+    // for root.
+    let data_dir = tmp.path().join("data");
+    let moved = tmp.path().join("data-moved");
+    fs::rename(&data_dir, &moved).expect("move data away");
+    fs::write(&data_dir, b"not a directory").expect("file in the way");
+
+    // 40 incompressible blobs of 1 MiB fill two 16 MiB packs and start a third.
+    let blobs: Vec<_> = (0..40)
+        .map(|i| {
+            let data = pseudo_random(100 + i, 1 << 20);
+            (repo.blob_id(&data), data)
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for (id, data) in &blobs {
+        if let Err(e) = repo.save_blob(BlobKind::Data, *id, data) {
+            errors.push(e.to_string());
+        }
+    }
+    if let Err(e) = repo.flush() {
+        errors.push(e.to_string());
+    }
+    assert!(!errors.is_empty(), "the failed writes are reported");
+    assert!(errors.iter().all(|e| e.contains("/data/")), "{errors:?}");
+    assert!(
+        blobs.iter().all(|(id, _)| repo.locate(id).is_none()),
+        "no blob of a pack that was not written is indexed"
+    );
+
+    fs::remove_file(&data_dir).expect("remove the file");
+    fs::rename(&moved, &data_dir).expect("move data back");
+    let mut stored_again = 0;
+    for (id, data) in &blobs {
+        if let podvault_store::SaveOutcome::New { .. } =
+            repo.save_blob(BlobKind::Data, *id, data).expect("save")
+        {
+            stored_again += 1;
+        }
+    }
+    repo.flush().expect("flush");
+    // Every pack failed, so every blob was forgotten and is stored anew.
+    assert_eq!(stored_again, blobs.len());
+    drop(repo);
+    let repo = Repository::open(backend, b"pw").expect("open");
+    for (id, data) in &blobs {
+        assert_eq!(&repo.load_blob(BlobKind::Data, id).expect("load"), data);
+    }
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
