@@ -1,9 +1,8 @@
 //! The repository: opening with a password, sealing blobs into packs, the index, trees and
 //! snapshots.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -71,16 +70,6 @@ pub enum SaveOutcome {
     },
 }
 
-/// Full packs written at the same time by threads of their own (see `write_pack`).
-const PACKS_WRITING: usize = 1;
-
-/// A full pack being written by a thread of its own.
-struct PackWrite {
-    id: PackId,
-    records: Vec<PackRecord>,
-    write: JoinHandle<Result<()>>,
-}
-
 /// An open repository. All methods take `&self` and may be called from many threads.
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -98,20 +87,8 @@ pub struct Repository {
     tree_pack: Mutex<PackBuilder>,
     /// Packs written but not yet listed in an index file.
     unindexed: Mutex<Vec<IndexPack>>,
-    /// Full packs being written by threads of their own, oldest first.
-    writing: Mutex<VecDeque<PackWrite>>,
     /// The health of this process's session, if it started one.
     pub(crate) session: Mutex<Option<Arc<crate::maintenance::SessionHealth>>>,
-}
-
-impl Drop for Repository {
-    /// Waits for packs still being written (a repository dropped without `flush`, after an
-    /// error): they are complete files then, which the next writer indexes.
-    fn drop(&mut self) {
-        for done in self.writing.get_mut().drain(..) {
-            let _ = done.write.join();
-        }
-    }
 }
 
 /// How a command uses the repository, which decides how it loads the index.
@@ -275,7 +252,6 @@ impl Repository {
             data_pack: Mutex::new(PackBuilder::default()),
             tree_pack: Mutex::new(PackBuilder::default()),
             unindexed: Mutex::new(Vec::new()),
-            writing: Mutex::new(VecDeque::new()),
             session: Mutex::new(None),
         })
     }
@@ -593,68 +569,19 @@ impl Repository {
         Ok(SaveOutcome::New { stored_bytes })
     }
 
-    /// Seals a full pack and has it written by a thread of its own, so the thread that
-    /// filled it goes back to chunking and compressing instead of waiting for the write
-    /// (and the file's fsync, or the upload) to finish. A thread that starts a write while
-    /// [`PACKS_WRITING`] others are going waits for the oldest before it returns, so no more
-    /// packs are held in memory than when each thread wrote its own. A pack's blobs stay
-    /// pending, and so found by later saves, until its write is settled and they are
-    /// indexed.
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         let (id, bytes, records) = builder.finish(&self.keys.sealer)?;
-        let backend = self.backend.clone();
-        let name = id.to_hex();
-        // The buffer is freed by the writing thread once written: with glibc's mmap
-        // threshold fixed (see the binary's allocator set-up) that returns it to the system.
-        let spawned = std::thread::Builder::new()
-            .name("podvault-pack".into())
-            .spawn(move || backend.write_owned(FileKind::Pack, &name, bytes));
-        let write = match spawned {
-            Ok(handle) => handle,
-            Err(e) => {
-                // No thread to be had: the blobs are in no pack, so forget them (the
-                // buffer went with the closure; the caller sees the error).
-                self.settle_failed(&records);
-                return Err(Error::io(
-                    format!("pack {}", id.to_hex()),
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot start a thread to write it: {e}"),
-                    ),
-                ));
-            }
-        };
-        let oldest = {
-            let mut writing = self.writing.lock();
-            writing.push_back(PackWrite { id, records, write });
-            (writing.len() > PACKS_WRITING)
-                .then(|| writing.pop_front())
-                .flatten()
-        };
-        match oldest {
-            Some(done) => self.settle(done),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for a pack's write, then indexes its blobs (or forgets them if it failed),
-    /// writing an index file when enough packs wait for one.
-    fn settle(&self, done: PackWrite) -> Result<()> {
-        let PackWrite { id, records, write } = done;
-        let written = write.join().unwrap_or_else(|_| {
-            Err(Error::io(
-                format!("pack {}", id.to_hex()),
-                std::io::Error::other("the thread writing it panicked"),
-            ))
-        });
-        if let Err(e) = written {
-            self.settle_failed(&records);
-            return Err(e);
-        }
+        // The buffer is freed right after: with glibc's mmap threshold fixed (see the
+        // binary's allocator set-up) that returns it to the system, and measured no slower
+        // than keeping buffers for the next pack.
+        let written = self
+            .backend
+            .write_owned(FileKind::Pack, &id.to_hex(), bytes);
         let mut pending = self.pending.lock();
         for r in &records {
             pending.remove(&r.id);
         }
+        written?;
         self.index.write().add_pack(id, &records);
         drop(pending);
         let batch = {
@@ -670,28 +597,6 @@ impl Repository {
         Ok(())
     }
 
-    /// Forgets the blobs of a pack that was not written, so a later save stores them again.
-    fn settle_failed(&self, records: &[PackRecord]) {
-        let mut pending = self.pending.lock();
-        for r in records {
-            pending.remove(&r.id);
-        }
-    }
-
-    /// Settles every pack being written; returns the first error, after waiting for all.
-    fn settle_all(&self) -> Result<()> {
-        let mut first = Ok(());
-        loop {
-            let Some(done) = self.writing.lock().pop_front() else {
-                return first;
-            };
-            let settled = self.settle(done);
-            if first.is_ok() {
-                first = settled;
-            }
-        }
-    }
-
     fn write_index_file(&self, packs: Vec<IndexPack>) -> Result<IndexId> {
         let session = self.session.lock().as_ref().map(|h| h.name.clone());
         let plain = cbor(&IndexFile { packs, session })?;
@@ -704,16 +609,12 @@ impl Repository {
     /// Writes every partly filled pack, then an index file for all packs not yet indexed.
     /// After it returns, every blob saved so far is durable and findable.
     pub fn flush(&self) -> Result<()> {
-        let mut started = Ok(());
         for packer in [&self.data_pack, &self.tree_pack] {
             let builder = std::mem::take(&mut *packer.lock());
-            if !builder.is_empty() && started.is_ok() {
-                started = self.write_pack(builder);
+            if !builder.is_empty() {
+                self.write_pack(builder)?;
             }
         }
-        let settled = self.settle_all();
-        started?;
-        settled?;
         let batch = std::mem::take(&mut *self.unindexed.lock());
         if !batch.is_empty() {
             self.write_index_file(batch)?;

@@ -347,9 +347,9 @@ fn ranged_reads_into_a_reused_buffer_hold_only_the_range() {
     }
 }
 
-/// Full packs are written by threads of their own: a write that fails is reported by a
-/// later save or by `flush`, its blobs are forgotten rather than indexed, and saving them
-/// again once the fault is gone stores them.
+/// A pack write that fails is reported (by the save that filled the pack, or by `flush`),
+/// its blobs are forgotten rather than indexed, and saving them again once the fault is
+/// gone stores them.
 #[test]
 fn a_pack_write_that_fails_in_the_background_is_reported_and_its_blobs_stored_again() {
     let tmp = tempfile::tempdir().expect("tmp");
