@@ -122,7 +122,7 @@ const JOB_RAW_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Largest single read from a pack (a pack's needed parts are read in runs of at most
 /// this, each byte once): bounds the memory of each worker.
-const READ_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the restore workers share.
 struct Shared<'a> {
