@@ -351,10 +351,9 @@ fn ranged_reads_into_a_reused_buffer_hold_only_the_range() {
 /// its blobs are forgotten rather than indexed, and saving them again once the fault is
 /// gone stores them.
 #[test]
-fn a_pack_write_that_fails_in_the_background_is_reported_and_its_blobs_stored_again() {
+fn a_pack_write_that_fails_is_reported_and_its_blobs_stored_again() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let place = podvault_store::DirBackend::new(tmp.path());
-    let backend: Arc<dyn Backend> = Arc::new(place);
+    let backend = backend(tmp.path());
     let repo = Repository::init(backend.clone(), b"pw", &fast_init()).expect("init");
     // Packs cannot be written while `data` is a file: each write fails with ENOTDIR, even
     // for root.
