@@ -43,15 +43,21 @@ use crate::mapped::GuardedMap;
 use crate::meta::{self, Names};
 use crate::progress::Progress;
 
-/// Bytes of a mapped file handed to the chunk workers at a time (then released).
+/// Bytes of a file read with plain reads and handed to the chunk workers at a time.
 const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of a mapped file handed to the chunk workers at a time (then released). Smaller
+/// windows, more of them in flight: the same bytes resident, but the pool always has a
+/// whole window queued behind the one it is finishing (a large changed file's incremental
+/// backup: 0.78 s with two 4 MiB windows, 0.70 s with four of 2 MiB, same peak RSS).
+const MAPPED_WINDOW_BYTES: usize = 2 * 1024 * 1024;
 
 /// Changed small files are grouped into units of work of at most this many bytes; a file
 /// this large is a unit of its own.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Windows of one mapped file planned ahead of the ones being stored.
-const WINDOWS_IN_FLIGHT: usize = 2;
+const WINDOWS_IN_FLIGHT: usize = 4;
 
 /// A callback given a file's path.
 pub type FileHook = Arc<dyn Fn(&Path) + Send + Sync>;
@@ -403,7 +409,7 @@ impl Ctx<'_> {
                 if !more {
                     break;
                 }
-                let end = (pos + WINDOW_BYTES).min(len);
+                let end = (pos + MAPPED_WINDOW_BYTES).min(len);
                 let (pieces, next) =
                     self.plan(data, (pos, end), old.as_mut().map(|(o, c)| (*o, &mut **c)));
                 add(&self.stats.bytes_read, (next - pos) as u64);
