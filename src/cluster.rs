@@ -229,6 +229,9 @@ pub struct RestoreCreateArgs {
     /// Also create the backed-up pods no controller owns.
     #[arg(long)]
     restore_pods: bool,
+    /// How long each volume may wait for its pod to appear (Go duration; default 4h).
+    #[arg(long)]
+    timeout: Option<String>,
     /// Wait until it finishes; exit non-zero unless it Completed.
     #[arg(long)]
     wait: bool,
@@ -645,6 +648,13 @@ pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
 
 /// `podvault restore …`.
 pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
+    // Bad input is refused before the cluster is asked anything.
+    if let RestoreCommand::Create(a) = &cmd
+        && let Some(t) = &a.timeout
+    {
+        podvault_controller::restores::restore_timeout(Some(t))
+            .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    }
     runtime()?.block_on(async move {
         let client = client().await?;
         let api: Api<Restore> = Api::namespaced(client.clone(), &cluster.namespace);
@@ -669,6 +679,7 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                     namespace_mapping: mapping,
                     included_volumes: a.include_volumes.clone(),
                     restore_pods: a.restore_pods,
+                    timeout: a.timeout.clone(),
                 };
                 api.create(&PostParams::default(), &Restore::new(&name, spec))
                     .await

@@ -586,6 +586,13 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
     let out = run(&["backup", "create", "b1", "--ttl", "tomorrow"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+    let out = run(&["restore", "create", "--from-backup", "b1", "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--timeout") && stderr(&out).contains("must be more than 0"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["backup", "get", "-o", "xml"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown format");
     let out = run(&["node-agent", "--storage", "s3:b/p"]);

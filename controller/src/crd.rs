@@ -329,6 +329,11 @@ pub struct RestoreSpec {
     /// owners or whoever creates them).
     #[serde(default)]
     pub restore_pods: bool,
+    /// How long a volume may wait for its pod to appear (`30m`, `4h`; default 4h, as
+    /// Velero's pod volume operation timeout). A volume no pod took by then is marked
+    /// Failed, so the Restore ends instead of waiting for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// What a Restore has done.

@@ -371,6 +371,40 @@ pub async fn process_restore(
     Ok(status)
 }
 
+/// Tells the restore helper of a pod that appeared after its Restore gave up waiting for
+/// it why its volume will not be restored: the failure marker the helper waits for, with
+/// the volume's message. The pod then fails with that reason instead of waiting for ever.
+pub async fn tell_late_pod(
+    client: &Client,
+    agent: &Agent,
+    pvr: &PodVolumeRestore,
+    pod: &Pod,
+) -> Result<(), Error> {
+    let spec = &pvr.spec;
+    let message = pvr
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_else(|| "the restore gave up on this volume".into());
+    let namespace = pod.namespace().unwrap_or_default();
+    let dir = volume_dir(
+        client,
+        agent,
+        &namespace,
+        &pod.uid().unwrap_or_default(),
+        &spec.volume,
+        spec.target.claim.as_deref(),
+    )
+    .await
+    .map_err(Error::Invalid)?;
+    tracing::warn!(
+        volume_restore = %pvr.name_any(), %namespace, pod = %pod.name_any(),
+        "the pod appeared after its restore gave up on it: {message}"
+    );
+    crate::agent::write_failure_marker(&dir, &spec.restore_uid, &message);
+    Ok(())
+}
+
 async fn run_restore(
     client: &Client,
     agent: &Agent,
@@ -518,50 +552,78 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
         )
     };
     let _stop_watching = AbortOnDrop(changes);
+    // The late pods already told (volume restore name, pod UID).
+    let mut told: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        let waiting: Vec<PodVolumeRestore> = pvrs
+        let (waiting, given_up): (Vec<PodVolumeRestore>, Vec<PodVolumeRestore>) = pvrs
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .filter(|p| p.status.as_ref().is_none_or(|s| s.phase == Phase::New))
-            .collect();
-        if !waiting.is_empty() {
-            let here = pods.list(&on_node).await?.items;
-            for pvr in waiting {
-                let Some(pod) = here
-                    .iter()
-                    .find(|p| restore_target(&pvr.spec, p) && helper_running(p))
-                else {
-                    continue;
-                };
-                let name = pvr.name_any();
-                if !running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone())
-                {
+            .filter(|p| match p.status.as_ref().map(|s| s.phase) {
+                None | Some(Phase::New) => true,
+                // Given up before any pod took it (an agent that took it sets `spec.pod`).
+                Some(Phase::Failed) => p.spec.pod.is_none(),
+                Some(_) => false,
+            })
+            .partition(|p| p.status.as_ref().is_none_or(|s| s.phase == Phase::New));
+        let here = if waiting.is_empty() && given_up.is_empty() {
+            Vec::new()
+        } else {
+            pods.list(&on_node).await?.items
+        };
+        for pvr in &given_up {
+            for pod in here
+                .iter()
+                .filter(|p| restore_target(&pvr.spec, p) && helper_running(p))
+            {
+                let key = (pvr.name_any(), pod.uid().unwrap_or_default());
+                if told.contains(&key) {
                     continue;
                 }
-                let (client, agent, slots, running, pod) = (
-                    client.clone(),
-                    agent.clone(),
-                    slots.clone(),
-                    running.clone(),
-                    pod.clone(),
-                );
-                tokio::spawn(async move {
-                    let permit = slots.acquire_owned().await;
-                    if let Err(e) = process_restore(&client, &agent, &pvr, &pod).await {
-                        tracing::warn!(volume_restore = %name, "volume restore not finished: {e}");
+                match tell_late_pod(&client, &agent, pvr, pod).await {
+                    Ok(()) => {
+                        told.insert(key);
                     }
-                    drop(permit);
-                    running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&name);
-                });
+                    Err(e) => tracing::warn!(
+                        volume_restore = %key.0, "could not tell a late pod's helper: {e}"
+                    ),
+                }
             }
+        }
+        for pvr in waiting {
+            let Some(pod) = here
+                .iter()
+                .find(|p| restore_target(&pvr.spec, p) && helper_running(p))
+            else {
+                continue;
+            };
+            let name = pvr.name_any();
+            if !running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone())
+            {
+                continue;
+            }
+            let (client, agent, slots, running, pod) = (
+                client.clone(),
+                agent.clone(),
+                slots.clone(),
+                running.clone(),
+                pod.clone(),
+            );
+            tokio::spawn(async move {
+                let permit = slots.acquire_owned().await;
+                if let Err(e) = process_restore(&client, &agent, &pvr, &pod).await {
+                    tracing::warn!(volume_restore = %name, "volume restore not finished: {e}");
+                }
+                drop(permit);
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            });
         }
         tokio::select! {
             () = wake.notified() => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -24,12 +24,39 @@ use crate::cluster::{
     BACKUP_LABEL, Error, KEY_FIELD, KEY_LABEL, RESTORE_IN_PROGRESS, RESTORE_LABEL, Settings,
 };
 use crate::crd::{
-    Phase, PodMatch, PodVolumeBackup, PodVolumeRestore, PodVolumeRestoreSpec, Restore,
-    RestoreStatus,
+    Phase, PodMatch, PodVolumeBackup, PodVolumeRestore, PodVolumeRestoreSpec, PodVolumeStatus,
+    Restore, RestoreStatus,
 };
 use crate::lineage::owner;
 
 const POLL: Duration = Duration::from_secs(10);
+
+/// How long a volume waits for its pod when the Restore does not say (Velero's default pod
+/// volume operation timeout).
+pub const DEFAULT_TIMEOUT: &str = "4h";
+
+/// A Restore's `spec.timeout` (or the default), checked: a Go duration above zero.
+pub fn restore_timeout(text: Option<&str>) -> Result<Duration, String> {
+    let text = text.unwrap_or(DEFAULT_TIMEOUT);
+    match crate::duration::parse(text) {
+        Ok(d) if d.is_zero() => Err(format!("duration {text:?}: must be more than 0")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pod a PodVolumeRestore waits for, in words.
+fn describe_target(target: &PodMatch) -> String {
+    if let Some(name) = &target.pod_name {
+        format!("pod {name}")
+    } else if let Some(claim) = &target.claim {
+        format!("pod mounting claim {claim}")
+    } else if let Some(owner) = &target.owner {
+        format!("pod of {owner}")
+    } else {
+        "pod".into()
+    }
+}
 
 /// The name of the PodVolumeRestore of one volume (stable across attempts).
 pub fn volume_object_name(restore: &str, namespace: &str, pod: &str, volume: &str) -> String {
@@ -287,28 +314,27 @@ async fn start(
 ) -> Result<Action, Error> {
     let name = restore.name_any();
     let backup = &restore.spec.backup_name;
-    let found = records(client, settings, backup).await?;
     let mut status = RestoreStatus {
         phase: Phase::InProgress,
         start_timestamp: Some(Time(now)),
         ..RestoreStatus::default()
     };
-    if found.is_empty() {
-        status.phase = Phase::Failed;
-        status.completion_timestamp = Some(Time(now));
-        status.message = Some(format!(
-            "backup {backup} has no record in any repository this cluster has a key for"
-        ));
-        set_status(client, settings, restore, &status).await?;
-        announce(
-            events,
+    if let Err(e) = restore_timeout(restore.spec.timeout.as_deref()) {
+        return fail_at_start(
+            client,
+            settings,
             restore,
-            true,
-            "Failed",
-            status.message.clone().unwrap_or_default(),
+            status,
+            format!("spec.timeout: {e}"),
+            events,
         )
         .await;
-        return Ok(Action::await_change());
+    }
+    let found = records(client, settings, backup).await?;
+    if found.is_empty() {
+        let message =
+            format!("backup {backup} has no record in any repository this cluster has a key for");
+        return fail_at_start(client, settings, restore, status, message, events).await;
     }
     let plan = plan_restore(restore, &found);
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -390,6 +416,80 @@ async fn start(
     Ok(Action::requeue(POLL))
 }
 
+/// Ends a Restore that cannot start, with the reason.
+async fn fail_at_start(
+    client: &Client,
+    settings: &Settings,
+    restore: &Restore,
+    mut status: RestoreStatus,
+    message: String,
+    events: Option<&Recorder>,
+) -> Result<Action, Error> {
+    status.phase = Phase::Failed;
+    status.completion_timestamp = status.start_timestamp.clone();
+    status.message = Some(message.clone());
+    set_status(client, settings, restore, &status).await?;
+    announce(events, restore, true, "Failed", message).await;
+    Ok(Action::await_change())
+}
+
+/// Marks Failed the volumes no pod took within the Restore's time limit, so the Restore
+/// ends. (A volume a node agent took is finished by that agent, which reports how it
+/// ended.) A volume taken meanwhile is left alone: the patch carries the version read.
+async fn fail_unclaimed(
+    client: &Client,
+    settings: &Settings,
+    restore: &Restore,
+    volumes: &mut [PodVolumeRestore],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let text = restore.spec.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT);
+    let Ok(limit) = restore_timeout(Some(text)) else {
+        return Ok(()); // refused at start; a later edit changes nothing
+    };
+    let Some(since) = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.start_timestamp.as_ref())
+        .or(restore.metadata.creation_timestamp.as_ref())
+    else {
+        return Ok(());
+    };
+    if since.0 + limit > now {
+        return Ok(());
+    }
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
+    for v in volumes
+        .iter_mut()
+        .filter(|v| v.status.as_ref().is_none_or(|s| s.phase == Phase::New))
+    {
+        let status = PodVolumeStatus {
+            phase: Phase::Failed,
+            completion_timestamp: Some(Time(now)),
+            message: Some(format!(
+                "no {} appeared in namespace {} within {text} (the Restore's spec.timeout)",
+                describe_target(&v.spec.target),
+                v.spec.target_namespace
+            )),
+            ..PodVolumeStatus::default()
+        };
+        let mut patch = json!({ "status": status });
+        if let Some(version) = v.resource_version() {
+            patch["metadata"] = json!({ "resourceVersion": version });
+        }
+        match pvrs
+            .patch_status(&v.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => v.status = Some(status),
+            // Taken by a node agent since it was listed: that agent reports its end.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 async fn follow(
     restore: &Restore,
     client: &Client,
@@ -404,6 +504,7 @@ async fn follow(
         .await?
         .items;
     volumes.sort_by_key(|v| v.name_any());
+    fail_unclaimed(client, settings, restore, &mut volumes, now).await?;
     let statuses: Vec<_> = volumes.iter().map(|v| v.status.as_ref()).collect();
     let totals = aggregate(&statuses, 0, false);
     let mut status = restore.status.clone().unwrap_or_default();

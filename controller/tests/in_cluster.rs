@@ -117,6 +117,7 @@ async fn a_pod_volume_is_backed_up_and_restored_into_a_new_pod() {
         namespace_mapping: BTreeMap::new(),
         included_volumes: Vec::new(),
         restore_pods: false,
+        timeout: None,
     };
     restores
         .create(&PostParams::default(), &Restore::new(&name, spec))

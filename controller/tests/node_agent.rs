@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::{Phase, PodVolumeBackup, PodVolumeRestore};
 use podvault_controller::node_agent::{
-    Agent, helper_running, process_backup, process_restore, restore_target,
+    Agent, helper_running, process_backup, process_restore, restore_target, tell_late_pod,
 };
 use podvault_store::{Repository, open_backend};
 use podvault_testkit::{S3Server, fast_init, pseudo_random};
@@ -443,6 +443,44 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
     assert!(
         reason.contains("podvault/podvault-repo-shop") && reason.contains("does not exist"),
         "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_came_after_its_restore_gave_up_is_told_why() {
+    let w = world().await;
+    let target = volume(&w.agent, "uid-late", "kubernetes.io~empty-dir", "scratch");
+    let mut given_up = pvr("0123", json!({"podName": "db-0"}));
+    given_up.status = Some(serde_json::from_value(json!({"phase": "Failed",
+        "message": "no pod db-0 appeared in namespace shop-copy within 4h (the Restore's spec.timeout)"}))
+        .expect("status"));
+    // An emptyDir is found from the pod alone: nothing is asked of the API server.
+    let (client, server) = ApiServer::start(vec![]);
+    tell_late_pod(
+        &client,
+        &w.agent,
+        &given_up,
+        &restore_pod("uid-late", "restore-wait"),
+    )
+    .await
+    .expect("told");
+    server.done().await;
+    let reason = fs::read_to_string(target.join(".podvault/r-uid.failed")).expect("marker");
+    assert_eq!(
+        reason.trim_end(),
+        "no pod db-0 appeared in namespace shop-copy within 4h (the Restore's spec.timeout)"
+    );
+    // What the helper makes of it: it stops waiting and fails with the reason.
+    let outcome = podvault_controller::agent::wait_for_markers(
+        std::slice::from_ref(&target),
+        "r-uid",
+        Duration::from_millis(10),
+        Duration::from_secs(5),
+        || None,
+    );
+    assert!(
+        matches!(&outcome, podvault_controller::agent::WaitOutcome::Failed(r) if r.contains("within 4h")),
+        "{outcome:?}"
     );
 }
 

@@ -260,6 +260,20 @@ async fn a_restore_in_a_rebuilt_cluster_finds_the_backup_through_the_key_secrets
     server.done().await;
 }
 
+/// A finished restore reads its target namespace `shop`, still labeled for it…
+fn label_of_shop_read() -> Call {
+    Call::new("GET", "/api/v1/namespaces/shop").ok(json!({"apiVersion": "v1",
+        "kind": "Namespace", "metadata": {"name": "shop",
+        "labels": {"podvault.io/restore-in-progress": "again"}}}))
+}
+
+/// …and removes the label.
+fn label_of_shop_removed() -> Call {
+    Call::new("PATCH", "/api/v1/namespaces/shop?")
+        .body(json!({"metadata": {"labels": {"podvault.io/restore-in-progress": null}}}))
+        .ok(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+}
+
 #[tokio::test]
 async fn a_finished_restore_removes_its_namespace_label_and_lists_what_failed() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -284,12 +298,8 @@ async fn a_finished_restore_removes_its_namespace_label_and_lists_what_failed() 
                     "message": "2 attributes could not be restored",
                     "failedPaths": ["a: chown: Operation not permitted", "b: chown: Operation not permitted"]})),
             ])),
-        Call::new("GET", "/api/v1/namespaces/shop").ok(json!({"apiVersion": "v1",
-            "kind": "Namespace", "metadata": {"name": "shop",
-            "labels": {"podvault.io/restore-in-progress": "again"}}})),
-        Call::new("PATCH", "/api/v1/namespaces/shop?")
-            .body(json!({"metadata": {"labels": {"podvault.io/restore-in-progress": null}}}))
-            .ok(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})),
+        label_of_shop_read(),
+        label_of_shop_removed(),
         Call::new("PATCH", format!("{RESTORES}/again/status?"))
             .body_check(|b| {
                 let s = &b["status"];
@@ -341,4 +351,173 @@ async fn a_restore_of_an_unknown_backup_fails_with_a_clear_message() {
         .await
         .expect("reconcile");
     server.done().await;
+}
+
+/// Reconciles `r` once against an API server that expects exactly `script`.
+async fn reconcile_with(r: &Restore, script: Vec<Call>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (client, server) = ApiServer::start(script);
+    reconcile(
+        Arc::new(r.clone()),
+        &client,
+        &settings(tmp.path()),
+        now(),
+        None,
+    )
+    .await
+    .expect("reconcile");
+    server.done().await;
+}
+
+/// A running Restore of `spec`, started at `started`.
+fn running_restore(spec: Value, started: &str) -> Restore {
+    let mut running = serde_json::to_value(restore(spec)).expect("json");
+    running["status"] =
+        json!({"phase": "InProgress", "startTimestamp": started, "volumes": {"total": 2}});
+    serde_json::from_value(running).expect("restore")
+}
+
+fn waiting_pvr(name: &str, target: Value, status: Option<Value>) -> Value {
+    let mut v = json!({
+        "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
+        "metadata": {"name": name, "namespace": "podvault", "resourceVersion": "7"},
+        "spec": {"restoreName": "again", "restoreUid": "r-uid", "targetNamespace": "shop",
+                 "target": target, "volume": name, "snapshotID": "s", "repository": "shop"}});
+    if let Some(status) = status {
+        v["status"] = status;
+    }
+    v
+}
+
+const PVRS_OF_AGAIN: &str = "?&labelSelector=podvault.io%2Frestore-name%3Dagain";
+
+#[tokio::test]
+async fn a_restore_gives_up_on_a_volume_whose_pod_never_came_and_ends() {
+    // Started five hours ago; the default time limit is 4h.
+    let r = running_restore(json!({"backupName": "nightly"}), "2026-11-24T05:00:00Z");
+    reconcile_with(
+        &r,
+        vec![
+            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(list(
+                "PodVolumeRestore",
+                vec![
+                    waiting_pvr("data", json!({"claim": "pgdata"}), None),
+                    waiting_pvr(
+                        "logs",
+                        json!({"podName": "tool"}),
+                        Some(json!({"phase": "Completed"})),
+                    ),
+                ],
+            )),
+            // Only the volume nobody took, and only if it is still the version read.
+            Call::new("PATCH", format!("{PVRS}/data/status?"))
+                .body_check(|b| {
+                    assert_eq!(b["metadata"]["resourceVersion"], "7");
+                    assert_eq!(b["status"]["phase"], "Failed");
+                    assert_eq!(b["status"]["completionTimestamp"], "2026-11-24T10:00:00Z");
+                    assert_eq!(
+                        b["status"]["message"],
+                        "no pod mounting claim pgdata appeared in namespace shop within 4h \
+                     (the Restore's spec.timeout)"
+                    );
+                })
+                .ok(waiting_pvr("data", json!({"claim": "pgdata"}), None)),
+            label_of_shop_read(),
+            label_of_shop_removed(),
+            Call::new("PATCH", format!("{RESTORES}/again/status?"))
+                .body_check(|b| {
+                    let s = &b["status"];
+                    assert_eq!(s["phase"], "PartiallyFailed");
+                    assert_eq!(s["volumes"]["completed"], 1);
+                    assert_eq!(s["volumes"]["failed"], 1);
+                    assert_eq!(
+                        s["message"],
+                        "shop volume data: no pod mounting claim pgdata appeared in namespace \
+                     shop within 4h (the Restore's spec.timeout)"
+                    );
+                })
+                .ok(serde_json::to_value(&r).expect("json")),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restore_waits_for_pods_within_its_time_limit_and_leaves_a_volume_taken_meanwhile() {
+    let pvrs = || {
+        list(
+            "PodVolumeRestore",
+            vec![
+                waiting_pvr("data", json!({"owner": "StatefulSet/db"}), None),
+                waiting_pvr(
+                    "logs",
+                    json!({"podName": "tool"}),
+                    Some(json!({"phase": "New"})),
+                ),
+            ],
+        )
+    };
+    // Within its own limit of 6h: nothing is given up.
+    let r = running_restore(
+        json!({"backupName": "nightly", "timeout": "6h"}),
+        "2026-11-24T05:00:00Z",
+    );
+    reconcile_with(
+        &r,
+        vec![
+            // Nothing changed: not even the Restore's status is written.
+            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(pvrs()),
+        ],
+    )
+    .await;
+
+    // Past a 30m limit, but a node agent took both volumes since they were listed.
+    let r = running_restore(
+        json!({"backupName": "nightly", "timeout": "30m"}),
+        "2026-11-24T09:00:00Z",
+    );
+    let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+    reconcile_with(
+        &r,
+        vec![
+            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(pvrs()),
+            Call::new("PATCH", format!("{PVRS}/data/status?")).reply(409, conflict.clone()),
+            Call::new("PATCH", format!("{PVRS}/logs/status?"))
+                .body_check(|b| {
+                    assert_eq!(
+                        b["status"]["message"],
+                        "no pod tool appeared in namespace shop within 30m \
+                     (the Restore's spec.timeout)"
+                    );
+                })
+                .reply(409, conflict),
+            // Both stay the agents' to finish: the Restore goes on, unchanged.
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restore_with_a_bad_time_limit_fails_before_it_starts() {
+    for (timeout, why) in [("soon", "expected a number"), ("0", "must be more than 0")] {
+        let r = restore(json!({"backupName": "nightly", "timeout": timeout}));
+        reconcile_with(
+            &r,
+            vec![
+                Call::new("PATCH", format!("{RESTORES}/again/status?"))
+                    .body_check(move |b| {
+                        assert_eq!(b["status"]["phase"], "Failed");
+                        let message = b["status"]["message"].as_str().expect("message");
+                        assert!(
+                            message.starts_with(&format!("spec.timeout: duration {timeout:?}"))
+                                && message.contains(why),
+                            "{message}"
+                        );
+                    })
+                    .ok(serde_json::to_value(&r).expect("json")),
+            ],
+        )
+        .await;
+    }
 }
