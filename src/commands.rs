@@ -139,6 +139,14 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
             report.index_files_rewritten
         );
     }
+    if report.partials_removed > 0 {
+        println!(
+            "{}removed {} temporary files of writes interrupted over a day ago ({})",
+            if report.dry_run { "would have " } else { "" },
+            report.partials_removed,
+            output::bytes(report.partial_bytes)
+        );
+    }
     if report.packs_running > 0 {
         println!(
             "left {} packs of running backups alone (no snapshot names them yet)",

@@ -419,8 +419,23 @@ fn maintenance_commands_forget_prune_repair_check_subsets_and_keys() {
         "{pruned}"
     );
     assert_eq!(pruned["waiting_for"].as_array().map(Vec::len), Some(0));
+    // A temporary file a process killed mid-write left two days ago.
+    let stale = env.repo().join("index/.tmp-0a1b-0011223344556677");
+    let f = fs::File::create(&stale).expect("create");
+    f.set_len(1234).expect("size");
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400))
+        .expect("mtime");
     let human = env.ok(&["repo", "prune", "--dry-run"]);
     assert!(human.contains("would repack"), "{human}");
+    assert!(
+        human.contains("would have removed 1 temporary files of writes interrupted over a day ago"),
+        "{human}"
+    );
+    assert!(stale.exists());
+    let pruned = env.json(&["repo", "prune"]);
+    assert_eq!(pruned["partials_removed"], 1, "{pruned}");
+    assert_eq!(pruned["partial_bytes"], 1234, "{pruned}");
+    assert!(!stale.exists());
 
     // Checks of a share of the packs read fewer packs than a full one.
     let full = env.json(&["repo", "check", "--read-data"]);

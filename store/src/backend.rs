@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 
@@ -95,6 +96,13 @@ pub trait Backend: Send + Sync {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
     /// Prepares an empty location for a new repository; fails if it holds anything.
     fn create(&self) -> Result<()>;
+    /// What interrupted writes left behind that was last touched more than `older_than`
+    /// ago (a directory's temporary files): its count and bytes, removed when `remove`.
+    /// A store whose writes leave nothing behind has nothing to report.
+    fn stale_partials(&self, older_than: Duration, remove: bool) -> Result<(usize, u64)> {
+        let _ = (older_than, remove);
+        Ok((0, 0))
+    }
 }
 
 /// A repository in a local directory.
@@ -124,6 +132,22 @@ impl DirBackend {
         }
     }
 
+    /// The folders holding files of `kind`: its own, or for packs the ones inside it.
+    fn dirs_of(&self, kind: FileKind) -> Result<Vec<PathBuf>> {
+        let base = self.root.join(kind.dir());
+        if kind != FileKind::Pack {
+            return Ok(vec![base]);
+        }
+        let mut dirs = Vec::new();
+        for entry in read_dir_if_any(&base)?.into_iter().flatten() {
+            let path = entry.map_err(|e| Error::io(&base, e))?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        Ok(dirs)
+    }
+
     fn not_found(&self, kind: FileKind, name: &str) -> Error {
         Error::NotFound {
             what: kind.noun(),
@@ -142,6 +166,15 @@ impl DirBackend {
     }
 }
 
+/// The entries of `dir`, or `None` if it does not exist (a folder made on first use).
+fn read_dir_if_any(dir: &Path) -> Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -155,25 +188,9 @@ impl Backend for DirBackend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        let base = self.root.join(kind.dir());
-        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
-            match fs::read_dir(&base) {
-                Ok(rd) => rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(Error::io(base, e)),
-            }
-        } else {
-            vec![base]
-        };
-        for dir in dirs {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(dir, e)),
+        for dir in self.dirs_of(kind)? {
+            let Some(rd) = read_dir_if_any(&dir)? else {
+                continue;
             };
             for entry in rd {
                 let entry = entry.map_err(|e| Error::io(&dir, e))?;
@@ -270,6 +287,58 @@ impl Backend for DirBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+
+    fn stale_partials(&self, older_than: Duration, remove: bool) -> Result<(usize, u64)> {
+        let Some(cutoff) = SystemTime::now().checked_sub(older_than) else {
+            return Ok((0, 0));
+        };
+        let mut dirs = Vec::new();
+        for kind in [
+            FileKind::Config,
+            FileKind::Key,
+            FileKind::Pack,
+            FileKind::Index,
+            FileKind::Snapshot,
+            FileKind::Session,
+            FileKind::Deletion,
+            FileKind::Document,
+        ] {
+            dirs.extend(self.dirs_of(kind)?);
+        }
+        let (mut count, mut bytes) = (0, 0);
+        for dir in dirs {
+            let Some(rd) = read_dir_if_any(&dir)? else {
+                continue;
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(&dir, e))?;
+                if !entry.file_name().as_encoded_bytes().starts_with(b".tmp-") {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(path, e)),
+                };
+                // A write in progress touches its file as it goes: only an old one is left
+                // over from a process that died mid-write.
+                if !meta.is_file() || meta.modified().map_err(|e| Error::io(&path, e))? > cutoff {
+                    continue;
+                }
+                if remove {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io(path, e)),
+                    }
+                }
+                count += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((count, bytes))
     }
 
     fn create(&self) -> Result<()> {

@@ -174,9 +174,18 @@ pub struct PruneReport {
     pub index_files_rewritten: usize,
     /// Deletions left for a later prune: sessions that may still use the packs.
     pub waiting_for: Vec<String>,
+    /// Temporary files of writes interrupted long ago (a process that died mid-write),
+    /// removed.
+    pub partials_removed: usize,
+    /// Bytes those took.
+    pub partial_bytes: u64,
     /// Whether nothing was changed.
     pub dry_run: bool,
 }
+
+/// How old a temporary file of an interrupted write must be before prune removes it: far
+/// longer than any write takes, and than clocks of hosts sharing a file system disagree.
+pub const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Choices for `prune`.
 #[derive(Clone, Copy, Debug)]
@@ -471,9 +480,18 @@ impl Repository {
 
     /// Removes data no snapshot uses, in two phases (see FORMAT.md): packs are first marked,
     /// then deleted by this or a later prune once every session that was running when they
-    /// were marked has ended. Packs mostly garbage are repacked first. `own` is the
-    /// session this prune runs in.
+    /// were marked has ended. Packs mostly garbage are repacked first. Temporary files of
+    /// writes interrupted more than [`STALE_PARTIAL_AGE`] ago go too. `own` is the session
+    /// this prune runs in.
     pub fn prune(&self, own: &Session, options: PruneOptions) -> Result<PruneReport> {
+        let mut report = self.prune_packs(own, options)?;
+        (report.partials_removed, report.partial_bytes) = self
+            .backend()
+            .stale_partials(STALE_PARTIAL_AGE, !options.dry_run)?;
+        Ok(report)
+    }
+
+    fn prune_packs(&self, own: &Session, options: PruneOptions) -> Result<PruneReport> {
         let mut report = PruneReport {
             dry_run: options.dry_run,
             ..PruneReport::default()

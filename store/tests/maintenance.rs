@@ -62,6 +62,14 @@ fn check_ok(place: &Place) {
     assert!(report.is_ok(), "{}: {:?}", place.name, report.problems);
 }
 
+fn dry_prune(repo: &Repository, session: &podvault_store::Session) -> podvault_store::PruneReport {
+    let options = PruneOptions {
+        dry_run: true,
+        ..PruneOptions::default()
+    };
+    repo.prune(session, options).expect("dry run")
+}
+
 fn files_of(place: &Place, kind: FileKind) -> usize {
     place.backend.list(kind).expect("list").len()
 }
@@ -89,15 +97,7 @@ fn prune_frees_unused_packs_and_repacks_mostly_unused_ones() {
         let packs_before = files_of(&place, FileKind::Pack);
 
         let (repo, session) = open_writer(&place, "prune");
-        let dry = repo
-            .prune(
-                &session,
-                PruneOptions {
-                    dry_run: true,
-                    ..PruneOptions::default()
-                },
-            )
-            .expect("dry run");
+        let dry = dry_prune(&repo, &session);
         assert_eq!(files_of(&place, FileKind::Pack), packs_before, "dry run");
         assert!(dry.packs_unused >= 1 && dry.packs_repacked >= 1, "{dry:?}");
         let report = repo
@@ -368,4 +368,54 @@ fn a_prune_leaves_the_packs_of_a_running_backup_alone() {
             unindexed.1
         );
     }
+}
+
+#[test]
+fn prune_removes_temporary_files_of_writes_interrupted_long_ago() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let place = Place::dir(tmp.path(), "repo");
+    Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+    let (repo, _s) = open_writer(&place, "backup");
+    let (kept, data) = save(&repo, 1, 1 << 20);
+    snapshot_of(&repo, "file", &[kept]);
+    drop((repo, _s));
+    // What processes killed mid-write left: two days ago, and a moment ago (a write that
+    // may still be going on). Dot files not named like ours are not ours to remove.
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    let leave = |relative: &str, len: usize, old: bool| {
+        let path = place.file(relative);
+        fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        let f = fs::File::create(&path).expect("create");
+        f.set_len(len as u64).expect("size");
+        if old {
+            f.set_modified(long_ago).expect("mtime");
+        }
+        path
+    };
+    let old = [
+        leave("data/ab/.tmp-ab12-0011223344556677", 3000, true),
+        leave("index/.tmp-cd34-8899aabbccddeeff", 200, true),
+        leave("snapshots/.tmp-ef56-0123456789abcdef", 100, true),
+    ];
+    let recent = leave("data/ab/.tmp-ab99-7766554433221100", 500, false);
+    let foreign = leave("data/.keep", 10, true);
+
+    let (repo, session) = open_writer(&place, "prune");
+    let dry = dry_prune(&repo, &session);
+    assert_eq!(
+        (dry.partials_removed, dry.partial_bytes),
+        (3, 3300),
+        "{dry:?}"
+    );
+    assert!(old.iter().all(|p| p.exists()), "a dry run removes nothing");
+    let report = repo
+        .prune(&session, PruneOptions::default())
+        .expect("prune");
+    drop((repo, session));
+    assert_eq!((report.partials_removed, report.partial_bytes), (3, 3300));
+    assert!(old.iter().all(|p| !p.exists()), "the old ones are gone");
+    assert!(recent.exists() && foreign.exists(), "the others stay");
+    check_ok(&place);
+    let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
+    assert_eq!(repo.load_blob(BlobKind::Data, &kept).expect("kept"), data);
 }
