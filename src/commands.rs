@@ -160,6 +160,13 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
             report.waiting_for.join(", ")
         );
     }
+    for name in &report.unreadable_sessions {
+        println!(
+            "session {name} cannot be read (damaged, or written by a newer podvault) and counts \
+             as running: if no process uses it, remove it with `podvault repo sessions --remove {}`",
+            &name[..name.len().min(8)]
+        );
+    }
     Ok(())
 }
 
@@ -203,6 +210,60 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
                 output::json(&serde_json::json!({ "key": id.to_hex() }))?;
             } else {
                 println!("added key {}", id.short());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Sessions { remove } => {
+            let repo = open(global)?;
+            if !remove.is_empty() {
+                let mut removed = Vec::new();
+                for reference in &remove {
+                    removed.push(repo.remove_session(reference)?);
+                }
+                if global.json {
+                    output::json(&serde_json::json!({ "removed": removed }))?;
+                } else {
+                    for name in &removed {
+                        println!("removed session {}", &name[..name.len().min(8)]);
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let sessions = repo.sessions()?;
+            let state = |info: &Option<podvault_store::SessionInfo>| match info {
+                None => "unreadable",
+                Some(i) if i.is_live() => "live",
+                Some(_) => "stale",
+            };
+            if global.json {
+                let listed: Vec<serde_json::Value> = sessions
+                    .iter()
+                    .map(|(name, info)| {
+                        serde_json::json!({ "name": name, "state": state(info), "session": info })
+                    })
+                    .collect();
+                output::json(&listed)?;
+            } else {
+                println!(
+                    "{:<10} {:<11} {:<10} {:<20} {:>8} {:<20} refreshed",
+                    "session", "state", "command", "host", "pid", "started"
+                );
+                let time = "%Y-%m-%d %H:%M:%S";
+                for (name, info) in &sessions {
+                    let short = &name[..name.len().min(8)];
+                    match info {
+                        Some(i) => println!(
+                            "{short:<10} {:<11} {:<10} {:<20} {:>8} {:<20} {}",
+                            state(info),
+                            i.command,
+                            i.host,
+                            i.pid,
+                            i.started.format(time),
+                            i.refreshed.format(time)
+                        ),
+                        None => println!("{short:<10} {}", state(info)),
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -166,6 +166,14 @@ pub enum RepoCommand {
     /// Repair damaged repository metadata.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// List the sessions (processes working on the repository) and whether each is live;
+    /// remove those of processes that are gone so they no longer hold back a prune.
+    Sessions {
+        /// Remove this session (its name or a unique prefix of at least 4 hex digits) if it
+        /// is not live (repeatable).
+        #[arg(long, value_name = "ID")]
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

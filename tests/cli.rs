@@ -437,6 +437,28 @@ fn maintenance_commands_forget_prune_repair_check_subsets_and_keys() {
     assert_eq!(pruned["partial_bytes"], 1234, "{pruned}");
     assert!(!stale.exists());
 
+    // Sessions: none once every command has ended; a damaged one is listed and removed.
+    assert_eq!(env.json(&["repo", "sessions"]), serde_json::json!([]));
+    fs::write(
+        env.repo().join("sessions/00ff00ff00ff00ff00ff00ff00ff00ff"),
+        b"damaged",
+    )
+    .expect("write");
+    let listed = env.ok(&["repo", "sessions"]);
+    assert!(listed.contains("00ff00ff   unreadable"), "{listed}");
+    let listed = env.json(&["repo", "sessions"]);
+    assert_eq!(listed[0]["state"], "unreadable", "{listed}");
+    let out = env.run(&["repo", "sessions", "--remove", "00f"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("at least 4 hex digits"),
+        "{}",
+        stderr(&out)
+    );
+    let removed = env.ok(&["repo", "sessions", "--remove", "00ff00"]);
+    assert_eq!(removed.trim(), "removed session 00ff00ff");
+    assert_eq!(env.json(&["repo", "sessions"]), serde_json::json!([]));
+
     // Checks of a share of the packs read fewer packs than a full one.
     let full = env.json(&["repo", "check", "--read-data"]);
     let some = env.json(&["repo", "check", "--read-data", "--read-data-subset", "1%"]);

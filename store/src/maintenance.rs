@@ -174,6 +174,9 @@ pub struct PruneReport {
     pub index_files_rewritten: usize,
     /// Deletions left for a later prune: sessions that may still use the packs.
     pub waiting_for: Vec<String>,
+    /// Those of them whose session file cannot be read (damaged, or written by a newer
+    /// version): they count as live until removed (`repo sessions --remove`).
+    pub unreadable_sessions: Vec<String>,
     /// Temporary files of writes interrupted long ago (a process that died mid-write),
     /// removed.
     pub partials_removed: usize,
@@ -324,6 +327,34 @@ impl Repository {
             out.push((name, info));
         }
         Ok(out)
+    }
+
+    /// Removes the session file `reference` (its name or a unique prefix of at least 4 hex
+    /// digits) of a process that is gone, so it no longer holds back a prune; returns its
+    /// name. A session that is live is refused. One that cannot be read (damaged, or
+    /// written by a newer version) is removed: only an administrator who knows no process
+    /// uses it asks for that.
+    pub fn remove_session(&self, reference: &str) -> Result<String> {
+        let sessions = self.sessions()?;
+        let bad = |reason: String| Error::InvalidParameter {
+            name: "session",
+            reason: format!("{reference}: {reason}"),
+        };
+        let (name, info) =
+            by_prefix(&sessions, |(n, _)| n.as_str(), reference, "session").map_err(bad)?;
+        if let Some(info) = info.as_ref().filter(|i| i.is_live()) {
+            return Err(bad(format!(
+                "it is live ({} on host {}, pid {}, refreshed {}): it ends by itself, or goes \
+                 stale {} min after its process stops",
+                info.command,
+                info.host,
+                info.pid,
+                info.refreshed.format("%Y-%m-%d %H:%M:%S UTC"),
+                SESSION_STALE.as_secs() / 60
+            )));
+        }
+        self.backend().delete(FileKind::Session, name)?;
+        Ok(name.clone())
     }
 
     /// Names of the sessions that may still be working (an unreadable session file counts
@@ -671,6 +702,14 @@ impl Repository {
         }
         report.waiting_for.sort();
         report.waiting_for.dedup();
+        if !report.waiting_for.is_empty() {
+            report.unreadable_sessions = self
+                .sessions()?
+                .into_iter()
+                .filter(|(name, info)| info.is_none() && report.waiting_for.contains(name))
+                .map(|(name, _)| name)
+                .collect();
+        }
         if ready.is_empty() {
             return Ok(report);
         }
@@ -810,16 +849,8 @@ impl Repository {
     /// opened the repository with, cannot be removed.
     pub fn remove_key(&self, reference: &str) -> Result<String> {
         let keys = self.keys()?;
-        let matches: Vec<&KeyInfo> = keys
-            .iter()
-            .filter(|k| k.id.starts_with(&reference.to_ascii_lowercase()))
-            .collect();
-        let key = match (reference.len() >= 4, matches.as_slice()) {
-            (true, [one]) => *one,
-            (false, _) => return Err(bad_key(reference, "give at least 4 hex digits")),
-            (true, []) => return Err(bad_key(reference, "no key has this id")),
-            (true, _) => return Err(bad_key(reference, "the prefix matches several keys")),
-        };
+        let key = by_prefix(&keys, |k| &k.id, reference, "key")
+            .map_err(|reason| bad_key(reference, &reason))?;
         if keys.len() == 1 {
             return Err(bad_key(reference, "it is the last key of the repository"));
         }
@@ -840,6 +871,26 @@ impl Repository {
         self.backend()
             .delete(FileKind::Key, &self.key_id().to_hex())?;
         Ok(new)
+    }
+}
+
+/// The one item whose id starts with `reference` (at least 4 hex digits), or why not.
+fn by_prefix<'a, T>(
+    items: &'a [T],
+    id: impl Fn(&T) -> &str,
+    reference: &str,
+    noun: &str,
+) -> std::result::Result<&'a T, String> {
+    let wanted = reference.to_ascii_lowercase();
+    let matches: Vec<&T> = items
+        .iter()
+        .filter(|i| id(i).starts_with(&wanted))
+        .collect();
+    match (reference.len() >= 4, matches.as_slice()) {
+        (true, [one]) => Ok(*one),
+        (false, _) => Err("give at least 4 hex digits".into()),
+        (true, []) => Err(format!("no {noun} has this id")),
+        (true, _) => Err(format!("the prefix matches several {noun}s")),
     }
 }
 

@@ -419,3 +419,59 @@ fn prune_removes_temporary_files_of_writes_interrupted_long_ago() {
     let repo = Repository::open(place.backend.clone(), b"pw").expect("open");
     assert_eq!(repo.load_blob(BlobKind::Data, &kept).expect("kept"), data);
 }
+
+#[test]
+fn an_unreadable_session_holds_back_deletions_until_it_is_removed_and_a_live_one_cannot_be() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for place in Place::both(tmp.path()) {
+        Repository::init(place.backend.clone(), b"pw", &fast_init()).expect("init");
+        let (repo, s) = open_writer(&place, "backup");
+        let blobs: Vec<BlobId> = (0..3).map(|i| save(&repo, i, 1 << 20).0).collect();
+        let snap = snapshot_of(&repo, "a", &blobs);
+        repo.remove_snapshot(&snap).expect("forget");
+        drop((repo, s));
+        // A session file nobody can read: damaged, or from a newer version.
+        let damaged = "00ff00ff00ff00ff00ff00ff00ff00ff";
+        place
+            .backend
+            .write(FileKind::Session, damaged, b"not a sealed session")
+            .expect("write");
+
+        let (pruner, prune_session) = open_writer(&place, "prune");
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        assert!(report.packs_marked >= 1, "{}: {report:?}", place.name);
+        assert_eq!(report.packs_deleted, 0, "{report:?}");
+        assert_eq!(report.waiting_for, vec![damaged.to_string()]);
+        assert_eq!(report.unreadable_sessions, vec![damaged.to_string()]);
+
+        // A live session (this prune's own) is refused, naming what it is doing.
+        let own = prune_session.name().to_string();
+        let err = pruner.remove_session(&own[..6]).expect_err("live");
+        assert!(
+            err.to_string().contains("it is live (prune on host"),
+            "{err}"
+        );
+        for (reference, why) in [("00f", "at least 4 hex digits"), ("abcd", "no session")] {
+            let err = pruner.remove_session(reference).expect_err(reference);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        assert_eq!(pruner.remove_session("00ff00").expect("removed"), damaged);
+        assert!(
+            !pruner
+                .sessions()
+                .expect("sessions")
+                .iter()
+                .any(|(n, _)| n == damaged),
+            "gone"
+        );
+        let report = pruner
+            .prune(&prune_session, PruneOptions::default())
+            .expect("prune");
+        drop((pruner, prune_session));
+        assert!(report.packs_deleted >= 1, "{}: {report:?}", place.name);
+        assert!(report.unreadable_sessions.is_empty(), "{report:?}");
+        check_ok(&place);
+    }
+}
