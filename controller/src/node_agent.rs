@@ -523,12 +523,35 @@ async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
     Ok(())
 }
 
+/// The volume restores a node's agent has to look at, from all of them: those waiting for
+/// their pod (to start when it runs its helper here), and those given up before any pod
+/// took them (whose late pods' helpers are told why).
+pub fn restore_work(
+    all: Vec<PodVolumeRestore>,
+    node: &str,
+) -> (Vec<PodVolumeRestore>, Vec<PodVolumeRestore>) {
+    all.into_iter()
+        .filter(|p| match p.status.as_ref().map(|s| s.phase) {
+            None | Some(Phase::New) => true,
+            // Taken by this node's agent before it restarted (an upgrade, an OOM kill):
+            // nobody else will finish it, and its pod's helper waits. Restoring again
+            // overwrites what the interrupted run wrote.
+            Some(Phase::InProgress) => p.spec.node.as_deref() == Some(node),
+            // Given up before any pod took it (an agent that took it sets `spec.pod`).
+            Some(Phase::Failed) => p.spec.pod.is_none(),
+            Some(_) => false,
+        })
+        .partition(|p| p.status.as_ref().is_none_or(|s| s.phase != Phase::Failed))
+}
+
 async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
     let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &agent.settings.namespace);
     let pods: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={}", agent.node));
     let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
     let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    // The volume restores this run of the agent finished (by UID).
+    let finished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     // Look again whenever a restore or a pod of this node changes (a helper starting is a
     // pod change), and at least every 30 s; a burst of changes is taken as one.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -555,18 +578,8 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
     // The late pods already told (volume restore name, pod UID).
     let mut told: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        let (waiting, given_up): (Vec<PodVolumeRestore>, Vec<PodVolumeRestore>) = pvrs
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| match p.status.as_ref().map(|s| s.phase) {
-                None | Some(Phase::New) => true,
-                // Given up before any pod took it (an agent that took it sets `spec.pod`).
-                Some(Phase::Failed) => p.spec.pod.is_none(),
-                Some(_) => false,
-            })
-            .partition(|p| p.status.as_ref().is_none_or(|s| s.phase == Phase::New));
+        let (waiting, given_up) =
+            restore_work(pvrs.list(&ListParams::default()).await?.items, &agent.node);
         let here = if waiting.is_empty() && given_up.is_empty() {
             Vec::new()
         } else {
@@ -599,24 +612,49 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
                 continue;
             };
             let name = pvr.name_any();
-            if !running
+            let uid = pvr.uid().unwrap_or_default();
+            // A list made while one of ours finished may still show it InProgress.
+            if finished
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(name.clone())
+                .contains(&uid)
+                || !running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone())
             {
                 continue;
             }
-            let (client, agent, slots, running, pod) = (
+            if pvr
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::InProgress)
+            {
+                tracing::info!(
+                    volume_restore = %name,
+                    "restoring again a volume this node's agent was restoring when it stopped"
+                );
+            }
+            let (client, agent, slots, running, finished, pod) = (
                 client.clone(),
                 agent.clone(),
                 slots.clone(),
                 running.clone(),
+                finished.clone(),
                 pod.clone(),
             );
             tokio::spawn(async move {
                 let permit = slots.acquire_owned().await;
-                if let Err(e) = process_restore(&client, &agent, &pvr, &pod).await {
-                    tracing::warn!(volume_restore = %name, "volume restore not finished: {e}");
+                match process_restore(&client, &agent, &pvr, &pod).await {
+                    Ok(_) => {
+                        finished
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(uid);
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume_restore = %name, "volume restore not finished: {e}")
+                    }
                 }
                 drop(permit);
                 running

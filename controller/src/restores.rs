@@ -433,9 +433,11 @@ async fn fail_at_start(
     Ok(Action::await_change())
 }
 
-/// Marks Failed the volumes no pod took within the Restore's time limit, so the Restore
-/// ends. (A volume a node agent took is finished by that agent, which reports how it
-/// ended.) A volume taken meanwhile is left alone: the patch carries the version read.
+/// Once the Restore's time limit has passed, marks Failed the volumes no pod took, and
+/// those a node agent took whose pod is gone since (nobody can finish them), so the
+/// Restore ends. A volume whose pod still runs is its node's agent's to finish (an agent
+/// that restarts takes its interrupted volumes again). A volume that changed meanwhile is
+/// left alone: the patch carries the version read.
 async fn fail_unclaimed(
     client: &Client,
     settings: &Settings,
@@ -459,18 +461,32 @@ async fn fail_unclaimed(
         return Ok(());
     }
     let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
-    for v in volumes
-        .iter_mut()
-        .filter(|v| v.status.as_ref().is_none_or(|s| s.phase == Phase::New))
-    {
-        let status = PodVolumeStatus {
-            phase: Phase::Failed,
-            completion_timestamp: Some(Time(now)),
-            message: Some(format!(
+    for v in volumes.iter_mut() {
+        let message = match v.status.as_ref().map(|s| s.phase) {
+            None | Some(Phase::New) => format!(
                 "no {} appeared in namespace {} within {text} (the Restore's spec.timeout)",
                 describe_target(&v.spec.target),
                 v.spec.target_namespace
-            )),
+            ),
+            Some(Phase::InProgress) => {
+                let Some(pod) = &v.spec.pod else { continue };
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+                let current = pods.get_opt(&pod.name).await?;
+                if current.is_some_and(|p| p.uid().as_deref() == Some(pod.uid.as_str())) {
+                    continue;
+                }
+                format!(
+                    "pod {}/{}, whose volume was being restored, is gone; not finished within \
+                     {text} (the Restore's spec.timeout)",
+                    pod.namespace, pod.name
+                )
+            }
+            Some(_) => continue,
+        };
+        let status = PodVolumeStatus {
+            phase: Phase::Failed,
+            completion_timestamp: Some(Time(now)),
+            message: Some(message),
             ..PodVolumeStatus::default()
         };
         let mut patch = json!({ "status": status });

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use apiserver::{ApiServer, Call, list};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::{Phase, PodVolumeBackup, PodVolumeRestore};
 use podvault_controller::node_agent::{
-    Agent, helper_running, process_backup, process_restore, restore_target, tell_late_pod,
+    Agent, helper_running, process_backup, process_restore, restore_target, restore_work,
+    tell_late_pod,
 };
 use podvault_store::{Repository, open_backend};
 use podvault_testkit::{S3Server, fast_init, pseudo_random};
@@ -444,6 +446,47 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
         reason.contains("podvault/podvault-repo-shop") && reason.contains("does not exist"),
         "{reason}"
     );
+}
+
+#[test]
+fn an_agent_takes_waiting_restores_and_resumes_its_own_after_a_restart() {
+    let with = |name: &str, node: Option<&str>, pod: bool, phase: Option<&str>| {
+        let mut v = serde_json::to_value(pvr("s", json!({"podName": "db-0"}))).expect("json");
+        v["metadata"]["name"] = json!(name);
+        if let Some(node) = node {
+            v["spec"]["node"] = json!(node);
+        }
+        if pod {
+            v["spec"]["pod"] = json!({"namespace": "shop-copy", "name": "db-0", "uid": "u"});
+        }
+        if let Some(phase) = phase {
+            v["status"] = json!({ "phase": phase });
+        }
+        serde_json::from_value::<PodVolumeRestore>(v).expect("pvr")
+    };
+    let all = vec![
+        with("fresh", None, false, None),
+        with("new", None, false, Some("New")),
+        with(
+            "mine-interrupted",
+            Some("worker-1"),
+            true,
+            Some("InProgress"),
+        ),
+        with(
+            "other-node-running",
+            Some("worker-2"),
+            true,
+            Some("InProgress"),
+        ),
+        with("done", Some("worker-1"), true, Some("Completed")),
+        with("given-up", None, false, Some("Failed")),
+        with("failed-by-an-agent", Some("worker-1"), true, Some("Failed")),
+    ];
+    let (waiting, given_up) = restore_work(all, "worker-1");
+    let names = |v: &[PodVolumeRestore]| v.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+    assert_eq!(names(&waiting), ["fresh", "new", "mine-interrupted"]);
+    assert_eq!(names(&given_up), ["given-up"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

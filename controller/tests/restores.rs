@@ -353,6 +353,11 @@ async fn a_restore_of_an_unknown_backup_fails_with_a_clear_message() {
     server.done().await;
 }
 
+/// The listing of the Restore's volumes, answered with `items`.
+fn pvrs_listed(items: Vec<Value>) -> Call {
+    Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(list("PodVolumeRestore", items))
+}
+
 /// Reconciles `r` once against an API server that expects exactly `script`.
 async fn reconcile_with(r: &Restore, script: Vec<Call>) {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -398,17 +403,14 @@ async fn a_restore_gives_up_on_a_volume_whose_pod_never_came_and_ends() {
     reconcile_with(
         &r,
         vec![
-            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(list(
-                "PodVolumeRestore",
-                vec![
-                    waiting_pvr("data", json!({"claim": "pgdata"}), None),
-                    waiting_pvr(
-                        "logs",
-                        json!({"podName": "tool"}),
-                        Some(json!({"phase": "Completed"})),
-                    ),
-                ],
-            )),
+            pvrs_listed(vec![
+                waiting_pvr("data", json!({"claim": "pgdata"}), None),
+                waiting_pvr(
+                    "logs",
+                    json!({"podName": "tool"}),
+                    Some(json!({"phase": "Completed"})),
+                ),
+            ]),
             // Only the volume nobody took, and only if it is still the version read.
             Call::new("PATCH", format!("{PVRS}/data/status?"))
                 .body_check(|b| {
@@ -445,17 +447,14 @@ async fn a_restore_gives_up_on_a_volume_whose_pod_never_came_and_ends() {
 #[tokio::test]
 async fn a_restore_waits_for_pods_within_its_time_limit_and_leaves_a_volume_taken_meanwhile() {
     let pvrs = || {
-        list(
-            "PodVolumeRestore",
-            vec![
-                waiting_pvr("data", json!({"owner": "StatefulSet/db"}), None),
-                waiting_pvr(
-                    "logs",
-                    json!({"podName": "tool"}),
-                    Some(json!({"phase": "New"})),
-                ),
-            ],
-        )
+        vec![
+            waiting_pvr("data", json!({"owner": "StatefulSet/db"}), None),
+            waiting_pvr(
+                "logs",
+                json!({"podName": "tool"}),
+                Some(json!({"phase": "New"})),
+            ),
+        ]
     };
     // Within its own limit of 6h: nothing is given up.
     let r = running_restore(
@@ -466,7 +465,7 @@ async fn a_restore_waits_for_pods_within_its_time_limit_and_leaves_a_volume_take
         &r,
         vec![
             // Nothing changed: not even the Restore's status is written.
-            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(pvrs()),
+            pvrs_listed(pvrs()),
         ],
     )
     .await;
@@ -481,7 +480,7 @@ async fn a_restore_waits_for_pods_within_its_time_limit_and_leaves_a_volume_take
     reconcile_with(
         &r,
         vec![
-            Call::new("GET", format!("{PVRS}{PVRS_OF_AGAIN}")).ok(pvrs()),
+            pvrs_listed(pvrs()),
             Call::new("PATCH", format!("{PVRS}/data/status?")).reply(409, conflict.clone()),
             Call::new("PATCH", format!("{PVRS}/logs/status?"))
                 .body_check(|b| {
@@ -520,4 +519,57 @@ async fn a_restore_with_a_bad_time_limit_fails_before_it_starts() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn past_its_time_limit_a_restore_fails_a_volume_whose_pod_is_gone_and_waits_for_one_still_running()
+ {
+    let r = running_restore(json!({"backupName": "nightly"}), "2026-11-24T05:00:00Z");
+    let taken = |name: &str, pod: &str, uid: &str| {
+        let mut v = waiting_pvr(
+            name,
+            json!({"podName": pod}),
+            Some(json!({"phase": "InProgress"})),
+        );
+        v["spec"]["node"] = json!("worker-1");
+        v["spec"]["pod"] = json!({"namespace": "shop", "name": pod, "uid": uid});
+        v
+    };
+    let pod = |name: &str, uid: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "shop", "uid": uid}})
+    };
+    reconcile_with(
+        &r,
+        vec![
+            pvrs_listed(vec![
+                taken("data", "db-0", "uid-db"),
+                taken("logs", "tool", "uid-tool"),
+            ]),
+            // db-0 was deleted and made again: another pod, which the restore never reached.
+            Call::new("GET", "/api/v1/namespaces/shop/pods/db-0").ok(pod("db-0", "uid-new")),
+            Call::new("PATCH", format!("{PVRS}/data/status?"))
+                .body_check(|b| {
+                    assert_eq!(b["metadata"]["resourceVersion"], "7");
+                    assert_eq!(b["status"]["phase"], "Failed");
+                    assert_eq!(
+                        b["status"]["message"],
+                        "pod shop/db-0, whose volume was being restored, is gone; not finished \
+                         within 4h (the Restore's spec.timeout)"
+                    );
+                })
+                .ok(taken("data", "db-0", "uid-db")),
+            // tool still runs: its node's agent finishes it.
+            Call::new("GET", "/api/v1/namespaces/shop/pods/tool").ok(pod("tool", "uid-tool")),
+            Call::new("PATCH", format!("{RESTORES}/again/status?"))
+                .body_check(|b| {
+                    let s = &b["status"];
+                    assert_eq!(s["phase"], "InProgress");
+                    assert_eq!(s["volumes"]["failed"], 1);
+                    assert_eq!(s["volumes"]["completed"], 0);
+                })
+                .ok(serde_json::to_value(&r).expect("json")),
+        ],
+    )
+    .await;
 }
