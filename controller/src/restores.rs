@@ -498,7 +498,8 @@ async fn fail_unclaimed(
             .await
         {
             Ok(_) => v.status = Some(status),
-            // Taken by a node agent since it was listed: that agent reports its end.
+            // Changed since it was listed (taken, or finished, by a node agent): that
+            // agent reports its end.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
