@@ -6,8 +6,8 @@
 # Installs restic (Debian) and rustic 0.11.4 (cargo) when missing, builds the datasets with
 # ../shared/bench/datasets.sh (PostgreSQL scale 50 and a copy of /usr/share), then for each
 # run and each tool: first backup of pgdata, a no-change backup, `pgchurn 8` (the same churn
-# for all three tools), the incremental backup, a restore of the latest pgdata snapshot, and
-# first and no-change backups of the /usr/share copy. Every tool reads the same files with a
+# for all three tools), the incremental backup, a restore of the latest pgdata snapshot, then
+# first and no-change backups of the /usr/share copy and a restore of it. Every tool reads the same files with a
 # warm page cache. Prints a Markdown table of median wall time, peak RSS and repository size.
 # Not part of the test suite: it takes about ten minutes (plus rustic's build the first time).
 set -euo pipefail
@@ -111,6 +111,7 @@ for run in $(seq "$runs"); do
   for t in $tools; do restore "$t" "restore pgdata" "$work/restore"; done
   for t in $tools; do init "$t"; backup "$t" "/usr/share first" "$work/tree"; size "$t" "/usr/share repo MiB"; done
   for t in $tools; do backup "$t" "/usr/share no change" "$work/tree"; done
+  for t in $tools; do restore "$t" "restore /usr/share" "$work/restore"; done
 done
 
 summarize() {

@@ -1,8 +1,8 @@
 //! Restore: recreate a snapshot's tree under a target directory.
 //!
 //! Directories, links and special files are made by one thread in tree order, which also
-//! creates each file at its full size and plans its chunks. The plan is by pack: for a batch
-//! of files, every chunk they need is listed with all the places it goes, and the chunks are
+//! plans the chunks of each file; the worker that writes a file's first chunk creates it at
+//! its full size. The plan is by pack: for a batch of files, every chunk they need is listed with all the places it goes, and the chunks are
 //! grouped by the pack that holds them, in pack order. Worker threads then take one pack
 //! each, read the needed parts in as few requests as the gaps allow (each pack once per
 //! batch), verify and decrypt each chunk once, and write it with positioned writes to every
@@ -85,10 +85,45 @@ struct FileState {
     node: Node,
     chunks_left: AtomicUsize,
     failed: AtomicBool,
+    /// Whether the file exists yet. Most files are created by the worker that writes their
+    /// first chunk, so that creating them (the bulk of restoring small files) runs on every
+    /// core rather than on the one walking the tree; files that are hard-linked or empty are
+    /// created by the walker.
+    created: Mutex<bool>,
     /// Held while writing: the kernel lets one write into a file at a time and spins the
     /// others on the inode lock, burning a core; waiting here sleeps, so another worker
     /// can decompress and verify meanwhile.
     writing: Mutex<()>,
+}
+
+impl FileState {
+    /// Opens the file for writing, creating it (sized to its content, with holes) if no one
+    /// has yet.
+    fn open(&self) -> std::io::Result<File> {
+        let mut created = self.created.lock();
+        if *created {
+            drop(created);
+            return OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&self.path);
+        }
+        let file = create_sized(&self.path, self.node.size)?;
+        *created = true;
+        Ok(file)
+    }
+}
+
+/// Creates a new file (never following or replacing anything) of `size` bytes of holes.
+fn create_sized(path: &Path, size: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(size)?;
+    Ok(file)
 }
 
 /// Where one chunk goes.
@@ -113,6 +148,12 @@ struct PackJob {
 /// Files are planned in batches of about this many chunks: each batch reads every pack it
 /// needs once, in as few requests as the gaps allow, and the plan stays small.
 const BATCH_CHUNKS: usize = 16 * 1024;
+
+/// The first batch: the workers start on it while the walker plans the next ones (for a
+/// tree of small files, waiting for a whole batch of 16 K files left the workers idle for a
+/// third of the restore). A chunk shared by files of different batches is read once per
+/// batch; the short early batches add four such boundaries.
+const FIRST_BATCH_CHUNKS: usize = 1024;
 
 /// Blobs of a pack closer than this are fetched by one read (the gap is read and dropped).
 const READ_GAP_BYTES: u64 = 1024 * 1024;
@@ -274,11 +315,7 @@ impl Shared<'_> {
             let key = Arc::as_ptr(&t.file);
             let file = match open {
                 Some((k, f)) if *k == key => Ok(&*f),
-                _ => OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&t.file.path)
-                    .map(|f| &open.insert((key, f)).1),
+                _ => t.file.open().map(|f| &open.insert((key, f)).1),
             };
             let written = file.and_then(|f| {
                 let _turn = t.file.writing.lock();
@@ -366,6 +403,7 @@ pub fn restore(
             dirs: &mut dirs,
             batch: HashMap::new(),
             batch_chunks: 0,
+            batch_limit: FIRST_BATCH_CHUNKS,
         };
         let result = w.restore_tree(&target, &root, "");
         w.flush();
@@ -437,6 +475,9 @@ struct Walker<'a> {
     /// The chunks of the files planned so far and not yet handed to the workers.
     batch: HashMap<BlobId, BlobJob>,
     batch_chunks: usize,
+    /// When the current batch is handed over: small at first, so that the workers start at
+    /// once, then doubling up to [`BATCH_CHUNKS`].
+    batch_limit: usize,
 }
 
 impl Walker<'_> {
@@ -468,13 +509,18 @@ impl Walker<'_> {
         };
         match node.kind {
             NodeKind::Dir => {
-                match std::fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        self.clear(path)?;
-                        std::fs::create_dir(path).map_err(write_err)?;
+                match std::fs::create_dir(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        match std::fs::symlink_metadata(path) {
+                            Ok(m) if m.is_dir() => {}
+                            _ => {
+                                self.clear(path)?;
+                                std::fs::create_dir(path).map_err(write_err)?;
+                            }
+                        }
                     }
-                    Err(_) => std::fs::create_dir(path).map_err(write_err)?,
+                    Err(e) => return Err(write_err(e)),
                 }
                 let subtree = node.subtree.ok_or_else(|| Error::UnsafeEntry {
                     path: shown.to_string(),
@@ -519,8 +565,9 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Creates the file (so a later hard link to it can be made at once), sized to its
-    /// content with holes, and queues the jobs that write it.
+    /// Queues the jobs that write a file. A file that is hard-linked (so that the links can be
+    /// made at once) or empty is created here; any other by the worker writing its first
+    /// chunk.
     fn queue_file(&mut self, path: &Path, node: &Node) -> Result<()> {
         let content_err = |reason: String| Error::Content {
             path: path.to_path_buf(),
@@ -548,26 +595,20 @@ impl Walker<'_> {
                 node.size
             )));
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| Error::Write {
+        // A file that others link to must exist before the links; an empty one gets no chunk.
+        let create_now = node.links > 1 || node.content.is_empty();
+        if create_now {
+            create_sized(path, total).map_err(|source| Error::Write {
                 path: path.to_path_buf(),
                 source,
             })?;
-        file.set_len(total).map_err(|source| Error::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        drop(file);
+        }
         let state = Arc::new(FileState {
             path: path.to_path_buf(),
             node: node.clone(),
             chunks_left: AtomicUsize::new(node.content.len()),
             failed: AtomicBool::new(false),
+            created: Mutex::new(create_now),
             writing: Mutex::new(()),
         });
         if node.content.is_empty() {
@@ -591,7 +632,8 @@ impl Walker<'_> {
             offset += u64::from(loc.raw_len);
         }
         self.batch_chunks += node.content.len();
-        if self.batch_chunks >= BATCH_CHUNKS {
+        if self.batch_chunks >= self.batch_limit {
+            self.batch_limit = (self.batch_limit * 2).min(BATCH_CHUNKS);
             self.flush();
         }
         Ok(())
@@ -652,18 +694,19 @@ impl Walker<'_> {
         );
     }
 
-    /// Removes an existing non-directory entry (only with `--overwrite`; the target was
-    /// checked empty otherwise). Directories in the way of a non-directory are an error.
+    /// Removes an existing non-directory entry (only with `--overwrite`). Directories in the
+    /// way of a non-directory are an error. Without `--overwrite` the target was checked
+    /// empty and each name comes once, so nothing is looked up: creating refuses anything
+    /// that appeared meanwhile.
     fn clear(&self, path: &Path) -> Result<()> {
+        if !self.overwrite {
+            return Ok(());
+        }
         match std::fs::symlink_metadata(path) {
             Err(_) => Ok(()),
             Ok(m) if m.is_dir() => Err(Error::Write {
                 path: path.to_path_buf(),
                 source: std::io::Error::other("a directory is in the way"),
-            }),
-            Ok(_) if !self.overwrite => Err(Error::Write {
-                path: path.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             }),
             Ok(_) => std::fs::remove_file(path).map_err(|source| Error::Write {
                 path: path.to_path_buf(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use podvault_scanner::{BackupOptions, Error, ParentChoice, RestoreOptions, backup, restore};
 use podvault_store::{
-    ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository, Snapshot,
-    Summary, Tree,
+    BlobKind, ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository,
+    Snapshot, Summary, Tree,
 };
 use proptest::prelude::*;
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
@@ -681,6 +681,38 @@ fn restore_into_a_non_empty_directory_needs_overwrite_and_never_follows_links() 
         0,
         "nothing written through the link"
     );
+    // Again over the restored tree: each existing file is replaced, not written into.
+    fs::write(target.join("sub/file"), b"a longer stale content").expect("write");
+    restore(&repo, &report.snapshot, &o).expect("overwrite again");
+    assert_eq!(
+        fs::read(target.join("sub/file")).expect("file"),
+        b"new content"
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_created_is_named_and_the_others_are_restored() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    let data = b"some content";
+    let id = repo.blob_id(data);
+    repo.save_blob(BlobKind::Data, id, data).expect("blob");
+    let file = |name: &[u8]| {
+        let mut n = plain_node(name, NodeKind::File);
+        n.mode = 0o644;
+        n.size = data.len() as u64;
+        n.content = vec![id];
+        n
+    };
+    // A name longer than any file system allows: safe, but the kernel refuses to create it.
+    let long = vec![b'x'; 300];
+    let snap = snapshot_with(&repo, vec![file(b"a"), file(&long), file(b"z")]);
+    let target = tmp.path().join("target");
+    let err = restore(&repo, &snap, &RestoreOptions::new(&target)).expect_err("too long");
+    assert!(err.to_string().contains("xxxxxxxx"), "{err}");
+    for name in ["a", "z"] {
+        assert_eq!(fs::read(target.join(name)).expect(name), data);
+    }
 }
 
 /// Mounts a tmpfs on `dir`; false where that is not allowed (not root).
