@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -157,27 +158,55 @@ fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
 /// chmod, then xattrs (ACLs and capabilities), then times (every change above touches them).
 /// Returns a description of each attribute that could not be set.
 pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
+    apply_to(Entry::Path(path), node, as_root)
+}
+
+/// [`apply`] through a regular file open for writing, without looking its path up again.
+pub(crate) fn apply_open(file: &std::fs::File, node: &Node, as_root: bool) -> Vec<String> {
+    apply_to(Entry::Open(file.as_fd()), node, as_root)
+}
+
+/// What [`apply_to`] changes: an entry named by its path (never following a final symlink),
+/// or an open file.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Path(&'a Path),
+    Open(BorrowedFd<'a>),
+}
+
+fn apply_to(entry: Entry<'_>, node: &Node, as_root: bool) -> Vec<String> {
     let mut failed = Vec::new();
     let is_link = node.kind == NodeKind::Symlink;
     if as_root {
-        let uid = rustix::fs::Uid::from_raw(node.uid);
-        let gid = rustix::fs::Gid::from_raw(node.gid);
-        if let Err(e) =
-            rustix::fs::chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-        {
+        let uid = Some(rustix::fs::Uid::from_raw(node.uid));
+        let gid = Some(rustix::fs::Gid::from_raw(node.gid));
+        let owned = match entry {
+            Entry::Path(path) => {
+                rustix::fs::chownat(CWD, path, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            Entry::Open(fd) => rustix::fs::fchown(fd, uid, gid),
+        };
+        if let Err(e) = owned {
             failed.push(format!("owner {}:{}: {e}", node.uid, node.gid));
         }
     }
-    if !is_link
-        && let Err(e) =
-            rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(node.mode), AtFlags::empty())
-    {
-        failed.push(format!("mode {:o}: {e}", node.mode));
+    if !is_link {
+        let mode = Mode::from_raw_mode(node.mode);
+        let changed = match entry {
+            Entry::Path(path) => rustix::fs::chmodat(CWD, path, mode, AtFlags::empty()),
+            Entry::Open(fd) => rustix::fs::fchmod(fd, mode),
+        };
+        if let Err(e) = changed {
+            failed.push(format!("mode {:o}: {e}", node.mode));
+        }
     }
     for x in &node.xattrs {
-        if let Err(e) =
-            rustix::fs::lsetxattr(path, x.name.as_slice(), &x.value, XattrFlags::empty())
-        {
+        let (name, value, flags) = (x.name.as_slice(), x.value.as_slice(), XattrFlags::empty());
+        let set = match entry {
+            Entry::Path(path) => rustix::fs::lsetxattr(path, name, value, flags),
+            Entry::Open(fd) => rustix::fs::fsetxattr(fd, name, value, flags),
+        };
+        if let Err(e) = set {
             // security.* needs privileges and user.* is not allowed on symlinks: report, go on.
             failed.push(format!("xattr {}: {e}", String::from_utf8_lossy(&x.name)));
         }
@@ -194,7 +223,11 @@ pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
             tv_nsec: node.mtime_nsec as _,
         },
     };
-    if let Err(e) = rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW) {
+    let timed = match entry {
+        Entry::Path(path) => rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW),
+        Entry::Open(fd) => rustix::fs::futimens(fd, &times),
+    };
+    if let Err(e) = timed {
         failed.push(format!("times: {e}"));
     }
     failed

@@ -97,8 +97,7 @@ struct FileState {
 }
 
 impl FileState {
-    /// Opens the file for writing, creating it (sized to its content, with holes) if no one
-    /// has yet.
+    /// Opens the file for writing, creating it if no one has yet.
     fn open(&self) -> std::io::Result<File> {
         let mut created = self.created.lock();
         if *created {
@@ -108,22 +107,21 @@ impl FileState {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&self.path);
         }
-        let file = create_sized(&self.path, self.node.size)?;
+        let file = create_new(&self.path)?;
         *created = true;
         Ok(file)
     }
 }
 
-/// Creates a new file (never following or replacing anything) of `size` bytes of holes.
-fn create_sized(path: &Path, size: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new()
+/// Creates a new, empty file, never following or replacing anything. The chunk that ends
+/// the file sets its length when its last block is a hole.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
-        .open(path)?;
-    file.set_len(size)?;
-    Ok(file)
+        .open(path)
 }
 
 /// Where one chunk goes.
@@ -183,20 +181,25 @@ impl Shared<'_> {
     }
 
     /// Counts one chunk of a file done; applies its metadata after the last.
-    fn chunk_done(&self, file: &FileState) {
+    /// `open` is the file, when the caller has it open (its metadata is then applied through
+    /// it, without looking the path up again).
+    fn chunk_done(&self, file: &FileState, open: Option<&File>) {
         if file.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.file_done(file);
+            self.file_done(file, open);
         }
     }
 
-    fn file_done(&self, file: &FileState) {
+    fn file_done(&self, file: &FileState, open: Option<&File>) {
         if file.failed.load(Ordering::Acquire) {
             return;
         }
         if let Some(p) = self.progress {
             p.add_done(1, 0);
         }
-        let warnings = meta::apply(&file.path, &file.node, self.as_root);
+        let warnings = match open {
+            Some(f) => meta::apply_open(f, &file.node, self.as_root),
+            None => meta::apply(&file.path, &file.node, self.as_root),
+        };
         if !warnings.is_empty() {
             self.report.lock().warnings.extend(
                 warnings
@@ -299,7 +302,7 @@ impl Shared<'_> {
                     source,
                 },
             );
-            self.chunk_done(&t.file);
+            self.chunk_done(&t.file, None);
         }
     }
 
@@ -319,7 +322,13 @@ impl Shared<'_> {
             };
             let written = file.and_then(|f| {
                 let _turn = t.file.writing.lock();
-                write_sparse(f, plain, t.offset)
+                let (n, wrote_end) = write_sparse(f, plain, t.offset)?;
+                let end = t.offset + plain.len() as u64;
+                if end == t.file.node.size && !wrote_end {
+                    // The file ends in a hole: give it its length.
+                    f.set_len(end)?;
+                }
+                Ok(n)
             });
             match written {
                 Ok(n) => {
@@ -336,7 +345,8 @@ impl Shared<'_> {
                     },
                 ),
             }
-            self.chunk_done(&t.file);
+            let file = open.as_ref().filter(|(k, _)| *k == key).map(|(_, f)| f);
+            self.chunk_done(&t.file, file);
         }
     }
 }
@@ -598,7 +608,7 @@ impl Walker<'_> {
         // A file that others link to must exist before the links; an empty one gets no chunk.
         let create_now = node.links > 1 || node.content.is_empty();
         if create_now {
-            create_sized(path, total).map_err(|source| Error::Write {
+            create_new(path).map_err(|source| Error::Write {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -612,7 +622,7 @@ impl Walker<'_> {
             writing: Mutex::new(()),
         });
         if node.content.is_empty() {
-            self.shared.file_done(&state);
+            self.shared.file_done(&state, None);
             return Ok(());
         }
         let mut offset = 0u64;
@@ -720,8 +730,9 @@ impl Walker<'_> {
 const HOLE_BLOCK_BYTES: u64 = 4096;
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes in the
-/// (freshly created) file; returns the bytes actually written.
-fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
+/// (freshly created) file; returns the bytes actually written and whether the last of `data`
+/// was.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<(u64, bool)> {
     let mut written = 0u64;
     let mut pos = 0usize;
     let mut run_start: Option<usize> = None;
@@ -741,9 +752,13 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
         }
         pos = end;
     }
-    if let Some(start) = run_start {
-        file.write_all_at(&data[start..], offset + start as u64)?;
-        written += (data.len() - start) as u64;
-    }
-    Ok(written)
+    let wrote_end = match run_start {
+        Some(start) => {
+            file.write_all_at(&data[start..], offset + start as u64)?;
+            written += (data.len() - start) as u64;
+            true
+        }
+        None => data.is_empty(),
+    };
+    Ok((written, wrote_end))
 }

@@ -256,6 +256,12 @@ fn build_tree(root: &Path, seed: u64) {
         .expect("cap");
     }
     fs::create_dir(root.join("empty-dir")).expect("mkdir");
+    // Only zeros (nothing is written at restore: its length alone makes it), and a file
+    // ending in a hole that is also hard-linked (created before its chunks are written).
+    fs::write(root.join("zeros"), vec![0u8; (1 << 20) + 5]).expect("zeros");
+    let tail = root.join("tail-hole");
+    fs::write(&tail, [&rng.bytes(5000)[..], &[0u8; 3 * 4096]].concat()).expect("tail");
+    fs::hard_link(&tail, root.join("tail-hole-link")).expect("link");
     let mut deep = root.join("deep");
     for level in 0..30 {
         deep = deep.join(format!("{level:03}-{}", "d".repeat(90)));
