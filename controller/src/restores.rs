@@ -433,8 +433,25 @@ async fn fail_at_start(
     Ok(Action::await_change())
 }
 
+/// Why the pod a volume was being restored into can no longer receive it, if it cannot:
+/// it is gone (or replaced by another of the same name), being deleted (a pod whose node
+/// was lost stays so until the node comes back or someone forces it), or ended.
+fn pod_lost(current: Option<&Pod>, uid: &str) -> Option<&'static str> {
+    let Some(pod) = current.filter(|p| p.uid().as_deref() == Some(uid)) else {
+        return Some("is gone");
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some("is being deleted (its node may be lost)");
+    }
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Failed") => Some("has failed"),
+        Some("Succeeded") => Some("has ended"),
+        _ => None,
+    }
+}
+
 /// Once the Restore's time limit has passed, marks Failed the volumes no pod took, and
-/// those a node agent took whose pod is gone since (nobody can finish them), so the
+/// those a node agent took whose pod can no longer receive them ([`pod_lost`]), so the
 /// Restore ends. A volume whose pod still runs is its node's agent's to finish (an agent
 /// that restarts takes its interrupted volumes again). A volume that changed meanwhile is
 /// left alone: the patch carries the version read.
@@ -472,11 +489,11 @@ async fn fail_unclaimed(
                 let Some(pod) = &v.spec.pod else { continue };
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
                 let current = pods.get_opt(&pod.name).await?;
-                if current.is_some_and(|p| p.uid().as_deref() == Some(pod.uid.as_str())) {
+                let Some(why) = pod_lost(current.as_ref(), &pod.uid) else {
                     continue;
-                }
+                };
                 format!(
-                    "pod {}/{}, whose volume was being restored, is gone; not finished within \
+                    "pod {}/{}, whose volume was being restored, {why}; not finished within \
                      {text} (the Restore's spec.timeout)",
                     pod.namespace, pod.name
                 )

@@ -522,7 +522,7 @@ async fn a_restore_with_a_bad_time_limit_fails_before_it_starts() {
 }
 
 #[tokio::test]
-async fn past_its_time_limit_a_restore_fails_a_volume_whose_pod_is_gone_and_waits_for_one_still_running()
+async fn past_its_time_limit_a_restore_fails_volumes_whose_pod_is_gone_deleted_or_failed_and_waits_for_one_still_running()
  {
     let r = running_restore(json!({"backupName": "nightly"}), "2026-11-24T05:00:00Z");
     let taken = |name: &str, pod: &str, uid: &str| {
@@ -539,13 +539,35 @@ async fn past_its_time_limit_a_restore_fails_a_volume_whose_pod_is_gone_and_wait
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": "shop", "uid": uid}})
     };
+    // A pod being deleted for hours: its node is unreachable, and the pod stays until it
+    // comes back or someone forces the deletion.
+    let mut deleting = pod("web-0", "uid-web");
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-24T06:00:00Z");
+    let mut failed = pod("job-0", "uid-job");
+    failed["status"] = json!({"phase": "Failed"});
+    let fails_with = |name: &'static str, message: &'static str| {
+        Call::new("PATCH", format!("{PVRS}/{name}/status?"))
+            .body_check(move |b| {
+                assert_eq!(b["status"]["phase"], "Failed");
+                assert_eq!(b["status"]["message"], message);
+            })
+            .ok(taken(name, "any", "any"))
+    };
     reconcile_with(
         &r,
         vec![
             pvrs_listed(vec![
+                taken("cache", "web-0", "uid-web"),
                 taken("data", "db-0", "uid-db"),
                 taken("logs", "tool", "uid-tool"),
+                taken("queue", "job-0", "uid-job"),
             ]),
+            Call::new("GET", "/api/v1/namespaces/shop/pods/web-0").ok(deleting),
+            fails_with(
+                "cache",
+                "pod shop/web-0, whose volume was being restored, is being deleted (its node \
+                 may be lost); not finished within 4h (the Restore's spec.timeout)",
+            ),
             // db-0 was deleted and made again: another pod, which the restore never reached.
             Call::new("GET", "/api/v1/namespaces/shop/pods/db-0").ok(pod("db-0", "uid-new")),
             Call::new("PATCH", format!("{PVRS}/data/status?"))
@@ -561,11 +583,17 @@ async fn past_its_time_limit_a_restore_fails_a_volume_whose_pod_is_gone_and_wait
                 .ok(taken("data", "db-0", "uid-db")),
             // tool still runs: its node's agent finishes it.
             Call::new("GET", "/api/v1/namespaces/shop/pods/tool").ok(pod("tool", "uid-tool")),
+            Call::new("GET", "/api/v1/namespaces/shop/pods/job-0").ok(failed),
+            fails_with(
+                "queue",
+                "pod shop/job-0, whose volume was being restored, has failed; not finished \
+                 within 4h (the Restore's spec.timeout)",
+            ),
             Call::new("PATCH", format!("{RESTORES}/again/status?"))
                 .body_check(|b| {
                     let s = &b["status"];
                     assert_eq!(s["phase"], "InProgress");
-                    assert_eq!(s["volumes"]["failed"], 1);
+                    assert_eq!(s["volumes"]["failed"], 3);
                     assert_eq!(s["volumes"]["completed"], 0);
                 })
                 .ok(serde_json::to_value(&r).expect("json")),
