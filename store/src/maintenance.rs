@@ -713,7 +713,9 @@ impl Repository {
         if ready.is_empty() {
             return Ok(report);
         }
-        let (used, _) = self.used_blobs()?;
+        // The blobs used at phase 1, and those of snapshots written since (a snapshot
+        // forgotten meanwhile still counts: its packs wait for the next prune).
+        self.add_new_snapshots(&mut used, &mut seen)?;
         let all_marked: HashSet<PackId> = self.marked_packs()?;
         let index_files = self.index_files()?;
         let mut indexed: HashMap<PackId, Vec<PackRecord>> = HashMap::new();

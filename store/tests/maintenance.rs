@@ -475,3 +475,94 @@ fn an_unreadable_session_holds_back_deletions_until_it_is_removed_and_a_live_one
         check_ok(&place);
     }
 }
+
+/// A directory backend that counts whole-file reads by kind.
+struct CountingReads {
+    inner: podvault_store::DirBackend,
+    reads: std::sync::Mutex<std::collections::HashMap<FileKind, usize>>,
+}
+
+impl CountingReads {
+    fn reads_of(&self, kind: FileKind) -> usize {
+        self.reads
+            .lock()
+            .expect("lock")
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl podvault_store::Backend for CountingReads {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn list(&self, kind: FileKind) -> podvault_store::Result<Vec<(String, u64)>> {
+        self.inner.list(kind)
+    }
+    fn read(&self, kind: FileKind, name: &str) -> podvault_store::Result<Vec<u8>> {
+        *self.reads.lock().expect("lock").entry(kind).or_default() += 1;
+        self.inner.read(kind, name)
+    }
+    fn read_range(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> podvault_store::Result<Vec<u8>> {
+        self.inner.read_range(kind, name, offset, len)
+    }
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> podvault_store::Result<()> {
+        self.inner.write(kind, name, data)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> podvault_store::Result<()> {
+        self.inner.delete(kind, name)
+    }
+    fn create(&self) -> podvault_store::Result<()> {
+        self.inner.create()
+    }
+}
+
+#[test]
+fn a_prune_reads_each_snapshot_once_when_it_also_deletes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let counting = std::sync::Arc::new(CountingReads {
+        inner: podvault_store::DirBackend::new(tmp.path().join("repo")),
+        reads: Default::default(),
+    });
+    let backend: std::sync::Arc<dyn podvault_store::Backend> = counting.clone();
+    Repository::init(backend.clone(), b"pw", &fast_init()).expect("init");
+    let (repo, session) =
+        Repository::open_session(backend.clone(), b"pw", "backup", Access::Write).expect("open");
+    let (gone, _) = save(&repo, 1, 1 << 20);
+    repo.flush().expect("flush");
+    let kept: Vec<SnapshotId> = (0..3)
+        .map(|i| {
+            let (blob, _) = save(&repo, 10 + i, 1 << 20);
+            snapshot_of(&repo, &format!("kept{i}"), &[blob])
+        })
+        .collect();
+    let forgotten = snapshot_of(&repo, "forgotten", &[gone]);
+    repo.remove_snapshot(&forgotten).expect("forget");
+    drop((repo, session));
+
+    let (repo, session) =
+        Repository::open_session(backend.clone(), b"pw", "prune", Access::Write).expect("open");
+    let before = counting.reads_of(FileKind::Snapshot);
+    let report = repo
+        .prune(&session, PruneOptions::default())
+        .expect("prune");
+    assert!(report.packs_deleted >= 1, "{report:?}");
+    // Marked and deleted in one run (no other session): the blobs in use, found at marking,
+    // are not looked up a second time to delete.
+    assert_eq!(
+        counting.reads_of(FileKind::Snapshot) - before,
+        kept.len(),
+        "{report:?}"
+    );
+    drop((repo, session));
+    let repo = Repository::open(backend, b"pw").expect("open");
+    assert!(repo.locate(&gone).is_none(), "unused data is gone");
+    assert_eq!(repo.snapshots().expect("list").len(), kept.len());
+}
