@@ -467,12 +467,26 @@ async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
     // not start them again. Objects left InProgress by a previous run of the agent are
     // started again, and resume from what that run uploaded.
     let finished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
-    while let Some(pvb) = events
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events
         .try_next()
         .await
         .map_err(|e| Error::Invalid(format!("watching PodVolumeBackups: {e}")))?
     {
+        let pvb = match event {
+            watcher::Event::Apply(pvb) | watcher::Event::InitApply(pvb) => pvb,
+            // Gone for good: its UID cannot come back, so the set does not grow for ever.
+            watcher::Event::Delete(pvb) => {
+                if let Some(uid) = pvb.uid() {
+                    finished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&uid);
+                }
+                continue;
+            }
+            watcher::Event::Init | watcher::Event::InitDone => continue,
+        };
         let name = pvb.name_any();
         let uid = pvb.uid().unwrap_or_default();
         let flag = {
@@ -578,8 +592,15 @@ async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
     // The late pods already told (volume restore name, pod UID).
     let mut told: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        let (waiting, given_up) =
-            restore_work(pvrs.list(&ListParams::default()).await?.items, &agent.node);
+        let listed = pvrs.list(&ListParams::default()).await?.items;
+        // Only volumes still listed can be seen again: the sets keep no others.
+        let uids: BTreeSet<String> = listed.iter().filter_map(|p| p.uid()).collect();
+        finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid| uids.contains(uid));
+        let (waiting, given_up) = restore_work(listed, &agent.node);
+        told.retain(|(name, _)| given_up.iter().any(|p| p.name_any() == *name));
         let here = if waiting.is_empty() && given_up.is_empty() {
             Vec::new()
         } else {
