@@ -76,13 +76,24 @@ pub fn decide(
     {
         return skip("helper already present");
     }
-    // The namespace of the request is authoritative: a new pod often has none set.
-    let mut placed = pod.clone();
-    placed.metadata.namespace = Some(namespace.to_string());
+    let waiting = |pvr: &&PodVolumeRestore| {
+        pvr.spec.pod.is_none() && pvr.status.as_ref().is_none_or(|s| s.phase == Phase::New)
+    };
+    if !pending.iter().any(|p| waiting(&p)) {
+        return skip("no pending restore for this pod");
+    }
+    // The namespace of the request is authoritative: a new pod often has none set (the pod
+    // is copied only then).
+    let placed = if pod.metadata.namespace.as_deref() == Some(namespace) {
+        std::borrow::Cow::Borrowed(pod)
+    } else {
+        let mut placed = pod.clone();
+        placed.metadata.namespace = Some(namespace.to_string());
+        std::borrow::Cow::Owned(placed)
+    };
     let mut by_restore: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for pvr in pending {
-        let waiting = pvr.status.as_ref().is_none_or(|s| s.phase == Phase::New);
-        if waiting && pvr.spec.pod.is_none() && restore_target(&pvr.spec, &placed) {
+    for pvr in pending.iter().filter(waiting) {
+        if restore_target(&pvr.spec, &placed) {
             by_restore
                 .entry(pvr.spec.restore_uid.as_str())
                 .or_default()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use podvault_controller::crd::PodVolumeRestore;
+use podvault_controller::crd::{Phase, PodVolumeRestore};
 use podvault_testkit::merge_json;
 use podvault_webhook::config::{HelperConfig, from_data, is_helper_config, quantity_value};
 use podvault_webhook::decide::{decide, derived_security_context};
@@ -357,4 +357,26 @@ fn the_cache_keeps_restores_not_started_and_the_first_labeled_configmap() {
     let (config, warnings, source) = helper_settings(maps[..1].iter(), "0.1.0");
     assert_eq!(config, HelperConfig::defaults("0.1.0"));
     assert!(warnings.is_empty() && source.is_none());
+}
+
+#[test]
+fn the_request_namespace_decides_whether_the_pod_names_one_or_not() {
+    let unplaced = pod(json!({}));
+    let placed = pod(json!({"metadata": {"namespace": "shop"}}));
+    let elsewhere = pod(json!({"metadata": {"namespace": "other"}}));
+    for p in [&unplaced, &placed, &elsewhere] {
+        let d = decide(p, "shop", "podvault", &pending(), &config());
+        assert_eq!(d.volumes, ["data", "scratch"], "{:?}", p.metadata.namespace);
+    }
+    // Nothing waiting (all taken or running): skipped before anything is matched.
+    let taken: Vec<PodVolumeRestore> = pending()
+        .into_iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.phase != Phase::New))
+        .collect();
+    let d = decide(&placed, "shop", "podvault", &taken, &config());
+    assert!(d.patch.is_none());
+    assert_eq!(
+        d.skipped.as_deref(),
+        Some("no pending restore for this pod")
+    );
 }
