@@ -375,8 +375,5 @@ fn the_request_namespace_decides_whether_the_pod_names_one_or_not() {
         .collect();
     let d = decide(&placed, "shop", "podvault", &taken, &config());
     assert!(d.patch.is_none());
-    assert_eq!(
-        d.skipped.as_deref(),
-        Some("no pending restore for this pod")
-    );
+    assert_eq!(d.skipped, Some("no pending restore for this pod"));
 }
