@@ -916,3 +916,60 @@ fn records_of(pack: &IndexPack) -> Vec<PackRecord> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Access, DirBackend, InitOptions, KdfParams, Node, Summary, Tree};
+
+    #[test]
+    fn a_process_whose_session_went_unrefreshed_writes_no_snapshot() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let backend: Arc<dyn Backend> = Arc::new(DirBackend::new(tmp.path().join("repo")));
+        let options = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                ..KdfParams::default()
+            },
+            ..InitOptions::default()
+        };
+        Repository::init(backend.clone(), b"pw", &options).expect("init");
+        let (repo, _session) =
+            Repository::open_session(backend, b"pw", "backup", Access::Write).expect("open");
+        let (tree, _) = repo.save_tree(&Tree::default()).expect("tree");
+        repo.flush().expect("flush");
+        let snapshot = Snapshot {
+            time: chrono::Utc::now(),
+            host: "h".into(),
+            source: "/data".into(),
+            tags: vec![],
+            parent: None,
+            tree,
+            root: Node::plain(b"", NodeKind::Dir),
+            username: "u".into(),
+            program_version: "test".into(),
+            summary: Summary::default(),
+        };
+        // As if the store had refused every refresh for longer than the limit.
+        let health = repo.session.lock().clone().expect("session");
+        let Some(long_ago) =
+            Instant::now().checked_sub(SESSION_SELF_LIMIT + Duration::from_secs(5))
+        else {
+            eprintln!("skipped: the monotonic clock started less than 7 minutes ago");
+            return;
+        };
+        *health.last_ok.lock() = long_ago;
+        let err = repo.save_snapshot(&snapshot).expect_err("refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("could not show") && message.contains("no snapshot is written"),
+            "{message}"
+        );
+        assert!(repo.snapshots().expect("list").is_empty());
+        // Refreshed again: snapshots are written again.
+        *health.last_ok.lock() = Instant::now();
+        repo.save_snapshot(&snapshot).expect("saved");
+        assert_eq!(repo.snapshots().expect("list").len(), 1);
+    }
+}
