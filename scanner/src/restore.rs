@@ -1,14 +1,16 @@
 //! Restore: recreate a snapshot's tree under a target directory.
 //!
 //! Directories, links and special files are made by one thread in tree order, which also
-//! plans the chunks of each file; the worker that writes a file's first chunk creates it at
-//! its full size. The plan is by pack: for a batch of files, every chunk they need is listed with all the places it goes, and the chunks are
-//! grouped by the pack that holds them, in pack order. Worker threads then take one pack
-//! each, read the needed parts in as few requests as the gaps allow (each pack once per
-//! batch), verify and decrypt each chunk once, and write it with positioned writes to every
-//! place, in parallel across packs. All-zero blocks are not written, so holes stay holes.
-//! A file's metadata is applied when its last chunk is written; directory metadata last,
-//! deepest first, so writing children does not disturb it.
+//! plans the chunks of each file. The plan is by pack: for a batch of files, every chunk
+//! they need is listed with all the places it goes, and the chunks are grouped by the pack
+//! that holds them, in pack order. Worker threads then take one pack each, read the needed
+//! parts in as few requests as the gaps allow (each pack once per batch), verify and
+//! decrypt each chunk once, and write it with positioned writes to every place, in
+//! parallel across packs; the worker that writes a file's first chunk creates the file.
+//! All-zero blocks are not written, so holes stay holes (the chunk that ends a file in a
+//! hole sets its length). A file's metadata is applied, through the open file, when its
+//! last chunk is written; directory metadata last, deepest first, so writing children does
+//! not disturb it.
 //!
 //! Nothing is written outside the target: every name is checked (no `/`, `..`, `.`, NUL,
 //! empty, or duplicate), entries are created relative to directories this restore made or
