@@ -149,6 +149,11 @@ struct PackJob {
 /// needs once, in as few requests as the gaps allow, and the plan stays small.
 const BATCH_CHUNKS: usize = 16 * 1024;
 
+/// A batch holds at most this many files: the workers take a batch's jobs while the walker
+/// plans the next, so two batches' files are in memory at once (1,000,000 small files: peak
+/// RSS 110 MiB with 16 K-file batches).
+const BATCH_FILES: usize = 4096;
+
 /// The first batch: the workers start on it while the walker plans the next ones (for a
 /// tree of small files, waiting for a whole batch of 16 K files left the workers idle for a
 /// third of the restore). A chunk shared by files of different batches is read once per
@@ -415,6 +420,7 @@ pub fn restore(
             dirs: &mut dirs,
             batch: HashMap::new(),
             batch_chunks: 0,
+            batch_files: 0,
             batch_limit: FIRST_BATCH_CHUNKS,
         };
         let result = w.restore_tree(&target, &root, "");
@@ -487,6 +493,8 @@ struct Walker<'a> {
     /// The chunks of the files planned so far and not yet handed to the workers.
     batch: HashMap<BlobId, BlobJob>,
     batch_chunks: usize,
+    /// The files of the current batch.
+    batch_files: usize,
     /// When the current batch is handed over: small at first, so that the workers start at
     /// once, then doubling up to [`BATCH_CHUNKS`].
     batch_limit: usize,
@@ -617,7 +625,19 @@ impl Walker<'_> {
         }
         let state = Arc::new(FileState {
             path: path.to_path_buf(),
-            node: node.clone(),
+            // Only what the metadata and the length need: a batch holds one per file, and
+            // its content, prints and names would double what a batch of small files costs.
+            node: Node {
+                kind: node.kind,
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                mtime: node.mtime,
+                mtime_nsec: node.mtime_nsec,
+                size: node.size,
+                xattrs: node.xattrs.clone(),
+                ..Node::plain(b"", NodeKind::File)
+            },
             chunks_left: AtomicUsize::new(node.content.len()),
             failed: AtomicBool::new(false),
             created: Mutex::new(create_now),
@@ -644,7 +664,8 @@ impl Walker<'_> {
             offset += u64::from(loc.raw_len);
         }
         self.batch_chunks += node.content.len();
-        if self.batch_chunks >= self.batch_limit {
+        self.batch_files += 1;
+        if self.batch_chunks >= self.batch_limit || self.batch_files >= BATCH_FILES {
             self.batch_limit = (self.batch_limit * 2).min(BATCH_CHUNKS);
             self.flush();
         }
@@ -658,6 +679,7 @@ impl Walker<'_> {
             packs.entry(blob.loc.pack).or_default().push(blob);
         }
         self.batch_chunks = 0;
+        self.batch_files = 0;
         // A pack's blobs in order, cut into jobs of about JOB_RAW_BYTES of content, so that a
         // few packs of well-compressed data still keep every worker busy; the jobs of a pack
         // read disjoint parts of it.

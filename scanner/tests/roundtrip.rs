@@ -909,8 +909,9 @@ fn restore_reads_each_pack_once() {
     for d in 0..8 {
         let dir = src.join(format!("d{d}"));
         fs::create_dir(&dir).expect("mkdir");
-        for f in 0..200 {
-            let len = rng.below(20_000) as usize;
+        // 5,600 files in all: more than one batch of files.
+        for f in 0..700 {
+            let len = rng.below(2_000) as usize;
             fs::write(dir.join(format!("f{f}")), rng.bytes(len)).expect("write");
         }
     }
