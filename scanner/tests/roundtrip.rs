@@ -900,22 +900,30 @@ fn an_insertion_into_a_large_file_resynchronises() {
     assert_restores(&repo, &second.snapshot, tmp.path(), "log", &data);
 }
 
+/// Eight directories `d0`..`d7` under `root` of `per_dir` files each, of up to `max_len`
+/// random bytes.
+fn small_files(root: &Path, rng: &mut Rng, per_dir: usize, max_len: u64) {
+    for d in 0..8 {
+        let dir = root.join(format!("d{d}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..per_dir {
+            let len = rng.below(max_len) as usize;
+            fs::write(dir.join(format!("f{f}")), rng.bytes(len)).expect("write");
+        }
+    }
+}
+
 #[test]
 fn restore_reads_each_pack_once() {
     let tmp = tempfile::tempdir().expect("tmp");
     let src = tmp.path().join("src");
     fs::create_dir(&src).expect("mkdir");
     let mut rng = Rng(21);
-    for d in 0..8 {
-        let dir = src.join(format!("d{d}"));
-        fs::create_dir(&dir).expect("mkdir");
-        // 5,600 files in all: more than one batch of files.
-        for f in 0..700 {
-            let len = rng.below(2_000) as usize;
-            fs::write(dir.join(format!("f{f}")), rng.bytes(len)).expect("write");
-        }
-    }
-    let big = rng.bytes(40 << 20);
+    // Small enough for one batch (about 700 chunks of the 1,024 of the first): a pack's
+    // parts are read once per batch, and the gaps merged into a read may be read again by
+    // another batch.
+    small_files(&src, &mut rng, 25, 20_000);
+    let big = rng.bytes(16 << 20);
     fs::write(src.join("big"), &big).expect("write");
     fs::write(src.join("big-copy"), &big).expect("write");
     let repo = new_repo(tmp.path());
@@ -940,5 +948,20 @@ fn restore_reads_each_pack_once() {
         restored.pack_reads,
         packs.len()
     );
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn a_restore_of_more_files_than_a_batch_holds_is_whole() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    let mut rng = Rng(22);
+    // 5,600 small files: several batches of files, the first ones short.
+    small_files(&src, &mut rng, 700, 2_000);
+    let repo = new_repo(tmp.path());
+    let report = backup(&repo, &BackupOptions::new(&src)).expect("backup");
+    let out = tmp.path().join("out");
+    let restored = restore(&repo, &report.snapshot, &RestoreOptions::new(&out)).expect("restore");
+    assert_eq!(restored.files, 5_600);
     assert_same_tree(&src, &out);
 }
