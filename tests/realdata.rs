@@ -1,4 +1,4 @@
-//! Round trips of real data built by `../shared/bench/datasets.sh`: a copy of /usr/share and a
+//! Round trips of real data built by `scripts/datasets.sh`: a copy of /usr/share and a
 //! PostgreSQL data directory under pgbench churn, driven through the `podvault` binary.
 
 use std::fs;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn datasets_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/datasets.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/datasets.sh")
 }
 
 fn sh(cmd: &mut Command) -> String {

@@ -4,7 +4,7 @@
 #   e2e/bench/compare.sh [RUNS]          (default 3; medians are reported)
 #
 # Installs restic (Debian) and rustic 0.11.4 (cargo) when missing, builds the datasets with
-# ../shared/bench/datasets.sh (PostgreSQL scale 50 and a copy of /usr/share), then for each
+# scripts/datasets.sh (PostgreSQL scale 50 and a copy of /usr/share), then for each
 # run and each tool: first backup of pgdata, a no-change backup, `pgchurn 8` (the same churn
 # for all three tools), the incremental backup, a restore of the latest pgdata snapshot, then
 # first and no-change backups of the /usr/share copy and a restore of it. Every tool reads the same files with a
@@ -13,7 +13,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-datasets=$(cd "$top/../shared/bench" && pwd)/datasets.sh
+datasets=$top/scripts/datasets.sh
 runs=${1:-3}
 work=${BENCH_DIR:-/var/tmp/podvault-bench}
 export DEBIAN_FRONTEND=noninteractive

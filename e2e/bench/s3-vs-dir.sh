@@ -10,7 +10,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-datasets=$(cd "$top/../shared/bench" && pwd)/datasets.sh
+datasets=$top/scripts/datasets.sh
 runs=${1:-3}
 work=${BENCH_DIR:-/var/tmp/podvault-bench}
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
