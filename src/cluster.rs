@@ -393,11 +393,11 @@ fn print<T: serde::Serialize>(format: Format, value: &T) -> Result<bool> {
     match format {
         Format::Table => Ok(false),
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            outln!("{}", serde_json::to_string_pretty(value)?);
             Ok(true)
         }
         Format::Yaml => {
-            print!("{}", serde_yaml::to_string(value)?);
+            out!("{}", serde_yaml::to_string(value)?);
             Ok(true)
         }
     }
@@ -449,15 +449,16 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                 api.create(&PostParams::default(), &Backup::new(&a.name, spec))
                     .await
                     .with_context(|| format!("creating backup {}", a.name))?;
-                println!(
+                outln!(
                     "Backup {} created. Run `podvault backup describe {}` for its progress.",
-                    a.name, a.name
+                    a.name,
+                    a.name
                 );
                 if a.wait {
                     let phase =
                         wait_for(|| async { Ok(api.get(&a.name).await?.status.map(|s| s.phase)) })
                             .await?;
-                    println!("Backup {} {:?}.", a.name, phase);
+                    outln!("Backup {} {:?}.", a.name, phase);
                     return Ok(exit_for(phase));
                 }
                 Ok(ExitCode::SUCCESS)
@@ -476,13 +477,19 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                     )?
                 };
                 if !shown {
-                    println!(
+                    outln!(
                         "{:<28} {:<16} {:>8} {:>7} {:>12} {:<26} {:<26}",
-                        "NAME", "PHASE", "VOLUMES", "FAILED", "BYTES", "STARTED", "EXPIRES"
+                        "NAME",
+                        "PHASE",
+                        "VOLUMES",
+                        "FAILED",
+                        "BYTES",
+                        "STARTED",
+                        "EXPIRES"
                     );
                     for b in &items {
                         let s = b.status.clone().unwrap_or_default();
-                        println!(
+                        outln!(
                             "{:<28} {:<16} {:>8} {:>7} {:>12} {:<26} {:<26}",
                             b.name_any(),
                             phase_of(Some(s.phase)),
@@ -507,14 +514,14 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                     .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={name}")))
                     .await?
                     .items;
-                print!("{}", describe_backup(&b, &volumes));
+                out!("{}", describe_backup(&b, &volumes));
                 Ok(ExitCode::SUCCESS)
             }
             BackupCommand::Delete { name } => {
                 api.delete(&name, &DeleteParams::default())
                     .await
                     .with_context(|| format!("deleting backup {name}"))?;
-                println!(
+                outln!(
                     "Backup {name} is being deleted: its snapshots are forgotten first; \
                      `podvault repo prune` frees their data."
                 );
@@ -528,7 +535,7 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                 )
                 .await
                 .with_context(|| format!("canceling backup {name}"))?;
-                println!("Backup {name}: cancel requested; running volumes stop within seconds.");
+                outln!("Backup {name}: cancel requested; running volumes stop within seconds.");
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -684,7 +691,7 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                 api.create(&PostParams::default(), &Restore::new(&name, spec))
                     .await
                     .with_context(|| format!("creating restore {name}"))?;
-                println!(
+                outln!(
                     "Restore {name} created. Pods that mount its volumes wait in their \
                      restore-wait init container until their data is back."
                 );
@@ -692,7 +699,7 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                     let phase =
                         wait_for(|| async { Ok(api.get(&name).await?.status.map(|s| s.phase)) })
                             .await?;
-                    println!("Restore {name} {phase:?}.");
+                    outln!("Restore {name} {phase:?}.");
                     return Ok(exit_for(phase));
                 }
                 Ok(ExitCode::SUCCESS)
@@ -711,13 +718,17 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                     )?
                 };
                 if !shown {
-                    println!(
+                    outln!(
                         "{:<32} {:<24} {:<16} {:>8} {:>7}",
-                        "NAME", "BACKUP", "PHASE", "VOLUMES", "FAILED"
+                        "NAME",
+                        "BACKUP",
+                        "PHASE",
+                        "VOLUMES",
+                        "FAILED"
                     );
                     for r in &items {
                         let s = r.status.clone().unwrap_or_default();
-                        println!(
+                        outln!(
                             "{:<32} {:<24} {:<16} {:>8} {:>7}",
                             r.name_any(),
                             r.spec.backup_name,
@@ -741,15 +752,15 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                     .await?
                     .items;
                 let s = r.status.clone().unwrap_or_default();
-                println!("Name:         {name}");
-                println!("Backup:       {}", r.spec.backup_name);
-                println!("Phase:        {:?}", s.phase);
+                outln!("Name:         {name}");
+                outln!("Backup:       {}", r.spec.backup_name);
+                outln!("Phase:        {:?}", s.phase);
                 if let Some(m) = &s.message {
-                    println!("Message:      {m}");
+                    outln!("Message:      {m}");
                 }
-                println!("Started:      {}", when(s.start_timestamp.as_ref()));
-                println!("Completed:    {}", when(s.completion_timestamp.as_ref()));
-                println!("\nPod volume restores:");
+                outln!("Started:      {}", when(s.start_timestamp.as_ref()));
+                outln!("Completed:    {}", when(s.completion_timestamp.as_ref()));
+                outln!("\nPod volume restores:");
                 for v in &volumes {
                     let st = v.status.clone().unwrap_or_default();
                     let pod = v
@@ -758,7 +769,7 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                         .as_ref()
                         .map(|p| p.name.clone())
                         .unwrap_or_else(|| "(waiting for its pod)".into());
-                    println!(
+                    outln!(
                         "  {}/{} {}: {:?}{}",
                         v.spec.target_namespace,
                         pod,
@@ -767,7 +778,7 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                         st.message.map(|m| format!(": {m}")).unwrap_or_default()
                     );
                     for p in &st.failed_paths {
-                        println!("      not restored as saved: {p}");
+                        outln!("      not restored as saved: {p}");
                     }
                 }
                 Ok(ExitCode::SUCCESS)
@@ -786,10 +797,10 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
             output,
             &json!({"apiVersion": "v1", "kind": "List", "items": items}),
         )? {
-            println!("{:<24} {:<10} LOCATION", "NAMESPACE", "PHASE");
+            outln!("{:<24} {:<10} LOCATION", "NAMESPACE", "PHASE");
             for r in &items {
                 let s = r.status.clone().unwrap_or_default();
-                println!(
+                outln!(
                     "{:<24} {:<10} {}{}",
                     r.spec.volume_namespace,
                     format!("{:?}", s.phase),

@@ -120,18 +120,21 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
         return output::json(report);
     }
     let verb = if report.dry_run { "would " } else { "" };
-    println!(
+    outln!(
         "{} snapshots use the data; {} packs examined: {} unused, {} mostly unused",
-        report.snapshots, report.packs, report.packs_unused, report.packs_repacked
+        report.snapshots,
+        report.packs,
+        report.packs_unused,
+        report.packs_repacked
     );
-    println!(
+    outln!(
         "{verb}repack {} blobs ({}); {verb}mark {} packs for deletion",
         report.blobs_repacked,
         output::bytes(report.bytes_repacked),
         report.packs_marked
     );
     if !report.dry_run {
-        println!(
+        outln!(
             "deleted {} packs, freeing {}; kept {} marked packs still in use; rewrote {} index files",
             report.packs_deleted,
             output::bytes(report.bytes_freed),
@@ -140,7 +143,7 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
         );
     }
     if report.partials_removed > 0 {
-        println!(
+        outln!(
             "{}removed {} temporary files of writes interrupted over a day ago ({})",
             if report.dry_run { "would have " } else { "" },
             report.partials_removed,
@@ -148,20 +151,20 @@ fn print_prune(global: &Global, report: &PruneReport) -> Result<()> {
         );
     }
     if report.packs_running > 0 {
-        println!(
+        outln!(
             "left {} packs of running backups alone (no snapshot names them yet)",
             report.packs_running
         );
     }
     if !report.waiting_for.is_empty() {
-        println!(
+        outln!(
             "some deletions wait for {} running sessions to end ({}); run prune again later",
             report.waiting_for.len(),
             report.waiting_for.join(", ")
         );
     }
     for name in &report.unreadable_sessions {
-        println!(
+        outln!(
             "session {name} cannot be read (damaged, or written by a newer podvault) and counts \
              as running: if no process uses it, remove it with `podvault repo sessions --remove {}`",
             &name[..name.len().min(8)]
@@ -209,7 +212,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&serde_json::json!({ "key": id.to_hex() }))?;
             } else {
-                println!("added key {}", id.short());
+                outln!("added key {}", id.short());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -224,7 +227,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
                     output::json(&serde_json::json!({ "removed": removed }))?;
                 } else {
                     for name in &removed {
-                        println!("removed session {}", &name[..name.len().min(8)]);
+                        outln!("removed session {}", &name[..name.len().min(8)]);
                     }
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -244,15 +247,20 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
                     .collect();
                 output::json(&listed)?;
             } else {
-                println!(
+                outln!(
                     "{:<10} {:<11} {:<10} {:<20} {:>8} {:<20} refreshed",
-                    "session", "state", "command", "host", "pid", "started"
+                    "session",
+                    "state",
+                    "command",
+                    "host",
+                    "pid",
+                    "started"
                 );
                 let time = "%Y-%m-%d %H:%M:%S";
                 for (name, info) in &sessions {
                     let short = &name[..name.len().min(8)];
                     match info {
-                        Some(i) => println!(
+                        Some(i) => outln!(
                             "{short:<10} {:<11} {:<10} {:<20} {:>8} {:<20} {}",
                             state(info),
                             i.command,
@@ -261,7 +269,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
                             i.started.format(time),
                             i.refreshed.format(time)
                         ),
-                        None => println!("{short:<10} {}", state(info)),
+                        None => outln!("{short:<10} {}", state(info)),
                     }
                 }
             }
@@ -273,9 +281,9 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&keys)?;
             } else {
-                println!(" {:<10} {:<20} {:<20} user", "id", "created", "host");
+                outln!(" {:<10} {:<20} {:<20} user", "id", "created", "host");
                 for k in &keys {
-                    println!(
+                    outln!(
                         "{}{:<10} {:<20} {:<20} {}",
                         if k.current { "*" } else { " " },
                         &k.id[..8],
@@ -293,7 +301,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&serde_json::json!({ "removed": removed }))?;
             } else {
-                println!("removed key {}", &removed[..8]);
+                outln!("removed key {}", &removed[..8]);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -303,7 +311,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&serde_json::json!({ "key": id.to_hex() }))?;
             } else {
-                println!(
+                outln!(
                     "password changed: key {} replaces {}",
                     id.short(),
                     repo.key_id().short()
@@ -332,7 +340,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&report)?;
             } else {
-                println!(
+                outln!(
                     "indexed {} blobs of {} packs in {} new index files (replacing {})",
                     report.blobs,
                     report.packs,
@@ -340,7 +348,7 @@ pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
                     report.index_files_removed
                 );
                 for d in &report.damaged {
-                    println!("damaged, left out: {d}");
+                    outln!("damaged, left out: {d}");
                 }
             }
             Ok(if report.damaged.is_empty() {
@@ -377,7 +385,7 @@ fn init(global: &Global, args: InitArgs) -> Result<ExitCode> {
             "config": repo.config(),
         }))?;
     } else {
-        println!(
+        outln!(
             "created repository {} at {}",
             &repo.config().id[..8],
             backend.location()
@@ -487,7 +495,7 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
             if global.json {
                 output::json(&serde_json::json!({ "id": id.to_hex(), "restore": report }))?;
             } else {
-                println!(
+                outln!(
                     "restored snapshot {} into {}: {} files, {} directories, {} other, {}",
                     id.short(),
                     args.target.display(),
@@ -497,7 +505,7 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
                     output::bytes(report.bytes)
                 );
                 if !report.warnings.is_empty() {
-                    println!(
+                    outln!(
                         "{} attributes could not be restored (see warnings above)",
                         report.warnings.len()
                     );
@@ -562,7 +570,7 @@ fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
         }))?;
     } else {
         for (id, reasons) in &kept {
-            println!("keep   {}  ({})", id.short(), reasons.join(", "));
+            outln!("keep   {}  ({})", id.short(), reasons.join(", "));
         }
         let verb = if args.dry_run {
             "would remove"
@@ -570,9 +578,9 @@ fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
             "remove"
         };
         for (id, _) in &doomed {
-            println!("{verb} {}", id.short());
+            outln!("{verb} {}", id.short());
         }
-        println!(
+        outln!(
             "{} snapshots kept, {} {}",
             kept.len(),
             doomed.len(),
@@ -593,7 +601,7 @@ fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
 }
 
 pub fn restore_wait(args: crate::RestoreWaitArgs) -> Result<ExitCode> {
-    use podvault_controller::agent::{WaitOutcome, wait_for_markers};
+    use podvault_controller::agent::{MARKER_DIR, WaitOutcome, wait_for_marker_dirs};
     let volumes: Vec<std::path::PathBuf> = args.volumes.iter().map(|v| args.root.join(v)).collect();
     for (name, dir) in args.volumes.iter().zip(&volumes) {
         if !dir.is_dir() {
@@ -603,18 +611,27 @@ pub fn restore_wait(args: crate::RestoreWaitArgs) -> Result<ExitCode> {
             );
         }
     }
+    let marker_dirs: Vec<std::path::PathBuf> = match &args.markers {
+        Some(markers) => {
+            if !markers.is_dir() {
+                bail!("the marker volume is not mounted at {}", markers.display());
+            }
+            args.volumes.iter().map(|v| markers.join(v)).collect()
+        }
+        None => volumes.iter().map(|v| v.join(MARKER_DIR)).collect(),
+    };
     let timeout = if args.timeout == 0 {
         std::time::Duration::MAX
     } else {
         std::time::Duration::from_secs(args.timeout)
     };
-    eprintln!(
+    errln!(
         "podvault restore-wait: waiting for restore {} of {}",
         args.restore_uid,
         args.volumes.join(", ")
     );
-    let outcome = wait_for_markers(
-        &volumes,
+    let outcome = wait_for_marker_dirs(
+        &marker_dirs,
         &args.restore_uid,
         std::time::Duration::from_millis(args.poll_ms.max(10)),
         timeout,
@@ -622,7 +639,7 @@ pub fn restore_wait(args: crate::RestoreWaitArgs) -> Result<ExitCode> {
     );
     match outcome {
         WaitOutcome::Restored => {
-            eprintln!("podvault restore-wait: every volume is restored");
+            errln!("podvault restore-wait: every volume is restored");
             Ok(ExitCode::SUCCESS)
         }
         WaitOutcome::Failed(reason) => bail!("a volume's restore failed: {reason}"),

@@ -8,6 +8,32 @@
 //! | 2 | bad command line |
 //! | 3 | snapshot saved, but some files could not be read (they are listed) |
 
+/// `println!` for standard output that never panics: once the reader has gone (`podvault
+/// snapshot ls | head`), the rest of the output is dropped quietly and the command goes on
+/// to its end; any other failure to write is reported once and makes the exit code 1.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed standard output.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: a closed standard error loses the message, nothing more.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cluster;
 mod commands;
 mod output;
@@ -121,7 +147,13 @@ pub struct RestoreWaitArgs {
     /// Where the volumes are mounted.
     #[arg(long, default_value = "/restores", value_name = "DIR")]
     root: PathBuf,
-    /// Give up after this many seconds (0: wait for ever).
+    /// Read the markers from DIR/<volume>/ (the pod's marker volume, which the webhook
+    /// adds) instead of from each volume's `.podvault/`, which a helper running as
+    /// another user than the restored volume's owner may not be allowed to see.
+    #[arg(long, value_name = "DIR")]
+    markers: Option<PathBuf>,
+    /// Give up after this many seconds (0: wait for ever; the webhook always gives the
+    /// Restore's time limit).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     timeout: u64,
     /// Look every this many milliseconds.
@@ -363,15 +395,14 @@ fn init_tracing(verbose: u8, json: bool) {
 /// copy backup 96 -> 76 MiB peak RSS, no slower).
 #[allow(unsafe_code)]
 fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator parameters and signal() restores a default
-    // disposition; both are called before any other thread exists. A refused setting
-    // leaves glibc's defaults, which are correct, only hungrier.
+    // SAFETY: mallopt only changes allocator parameters; it is called before any other
+    // thread exists. A refused setting leaves glibc's defaults, which are correct, only
+    // hungrier. SIGPIPE keeps the ignored disposition Rust's runtime gives it: a peer that
+    // hangs up (an S3 server, a webhook client) is an error to handle, never a reason to
+    // die, and a closed standard output is handled by `outln!`.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        // Like other command-line tools, end quietly when the reader of our output goes
-        // away (`podvault snapshot ls | head`) instead of failing to print.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -398,16 +429,20 @@ fn main() -> ExitCode {
         Command::Webhook(args) => cluster::webhook(args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
-                print!("{y}");
+                out!("{y}");
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("podvault: error: {e:#}");
+            errln!("podvault: error: {e:#}");
             ExitCode::from(1)
         }
+    };
+    if output::stdout_failed() {
+        return ExitCode::from(1);
     }
+    code
 }

@@ -1,5 +1,6 @@
 //! Human and JSON output, and the terminal progress bar.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -8,8 +9,49 @@ use std::time::Duration;
 use podvault_scanner::{BackupReport, Progress};
 use podvault_store::{CheckReport, Snapshot, SnapshotId};
 
+/// Standard output can take no more: its reader is gone, or writing failed.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// Writing to standard output failed for another reason than a reader that went away.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to standard output (see `outln!`).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        stdout_closed(&e);
+    }
+}
+
+fn stdout_closed(e: &std::io::Error) {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        STDOUT_FAILED.store(true, Ordering::Relaxed);
+        write_stderr(format_args!(
+            "podvault: error: writing to standard output: {e}\n"
+        ));
+    }
+}
+
+/// Writes to standard error, dropping the text if that fails.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// Whether writing to standard output failed (other than by its reader going away). Output
+/// still buffered is flushed first, so a failure at the very end is seen.
+pub fn stdout_failed() -> bool {
+    if !STDOUT_CLOSED.load(Ordering::Relaxed)
+        && let Err(e) = std::io::stdout().lock().flush()
+    {
+        stdout_closed(&e);
+    }
+    STDOUT_FAILED.load(Ordering::Relaxed)
+}
+
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -26,7 +68,7 @@ pub fn dedup_ratio(s: &Snapshot) -> Option<f64> {
 
 pub fn created(report: &BackupReport) {
     let s = &report.snapshot.summary;
-    println!(
+    outln!(
         "snapshot {} saved: {} files ({} new, {} changed, {} unmodified), {} dirs, {} in {:.2} s",
         report.id.short(),
         s.files,
@@ -37,7 +79,7 @@ pub fn created(report: &BackupReport) {
         bytes(s.bytes_total),
         s.duration_ms as f64 / 1000.0
     );
-    println!(
+    outln!(
         "read {} ({} of it found unchanged by fingerprint), new data {} stored as {}",
         bytes(s.bytes_read),
         bytes(s.bytes_fast),
@@ -45,23 +87,27 @@ pub fn created(report: &BackupReport) {
         bytes(s.bytes_stored)
     );
     if !report.unreadable.is_empty() {
-        println!(
+        outln!(
             "{} entries could not be read and are not in the snapshot:",
             report.unreadable.len()
         );
         for u in &report.unreadable {
-            println!("  {}: {}", u.path, u.error);
+            outln!("  {}: {}", u.path, u.error);
         }
     }
 }
 
 pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
-    println!(
+    outln!(
         "{:<10} {:<20} {:<16} {:>10}  {:<24} tags",
-        "id", "time", "host", "size", "source"
+        "id",
+        "time",
+        "host",
+        "size",
+        "source"
     );
     for (id, s) in snaps {
-        println!(
+        outln!(
             "{:<10} {:<20} {:<16} {:>10}  {:<24} {}",
             id.short(),
             s.time.format("%Y-%m-%d %H:%M:%S"),
@@ -71,49 +117,52 @@ pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
             s.tags.join(",")
         );
     }
-    println!("{} snapshots", snaps.len());
+    outln!("{} snapshots", snaps.len());
 }
 
 pub fn show(id: &SnapshotId, s: &Snapshot) {
     let m = &s.summary;
-    println!("snapshot   {id}");
-    println!("time       {}", s.time.to_rfc3339());
-    println!("host       {}", s.host);
-    println!("source     {}", s.source);
-    println!("tags       {}", s.tags.join(", "));
-    println!(
+    outln!("snapshot   {id}");
+    outln!("time       {}", s.time.to_rfc3339());
+    outln!("host       {}", s.host);
+    outln!("source     {}", s.source);
+    outln!("tags       {}", s.tags.join(", "));
+    outln!(
         "parent     {}",
         s.parent
             .map(|p| p.to_hex())
             .unwrap_or_else(|| "none".into())
     );
-    println!("tree       {}", s.tree);
-    println!(
+    outln!("tree       {}", s.tree);
+    outln!(
         "files      {} ({} new, {} changed, {} unmodified)",
-        m.files, m.files_new, m.files_changed, m.files_unmodified
+        m.files,
+        m.files_new,
+        m.files_changed,
+        m.files_unmodified
     );
-    println!("dirs       {}   other {}", m.dirs, m.others);
-    println!("bytes      {}", bytes(m.bytes_total));
-    println!(
+    outln!("dirs       {}   other {}", m.dirs, m.others);
+    outln!("bytes      {}", bytes(m.bytes_total));
+    outln!(
         "read       {} ({} found unchanged by fingerprint)",
         bytes(m.bytes_read),
         bytes(m.bytes_fast)
     );
-    println!(
+    outln!(
         "new bytes  {} (stored as {})",
         bytes(m.bytes_new),
         bytes(m.bytes_stored)
     );
     match dedup_ratio(s) {
-        Some(r) => println!("dedup      {r:.2}x (file bytes per byte stored)"),
-        None => println!("dedup      nothing new stored"),
+        Some(r) => outln!("dedup      {r:.2}x (file bytes per byte stored)"),
+        None => outln!("dedup      nothing new stored"),
     }
-    println!("duration   {:.2} s", m.duration_ms as f64 / 1000.0);
-    println!("errors     {}", m.errors);
+    outln!("duration   {:.2} s", m.duration_ms as f64 / 1000.0);
+    outln!("errors     {}", m.errors);
 }
 
 pub fn check(r: &CheckReport) {
-    println!(
+    outln!(
         "checked {} snapshots, {} trees, {} packs, {} blobs{}",
         r.snapshots,
         r.trees,
@@ -126,22 +175,22 @@ pub fn check(r: &CheckReport) {
         }
     );
     if r.unindexed_packs > 0 {
-        println!(
+        outln!(
             "{} packs are not indexed (left by an interrupted backup; harmless)",
             r.unindexed_packs
         );
     }
     if r.is_ok() {
-        println!("no errors");
+        outln!("no errors");
         return;
     }
     for p in &r.problems {
-        println!("error: {} {}", p.object, p.message);
+        outln!("error: {} {}", p.object, p.message);
         for a in &p.affected {
-            println!("  affects {a}");
+            outln!("  affects {a}");
         }
     }
-    println!("{} errors", r.problems.len());
+    outln!("{} errors", r.problems.len());
 }
 
 /// A terminal progress bar fed from the pipeline's counters.

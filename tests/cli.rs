@@ -51,16 +51,7 @@ impl Env {
     }
 
     fn init(&self) {
-        self.ok(&[
-            "repo",
-            "init",
-            "--kdf-memory-kib",
-            "256",
-            "--kdf-iterations",
-            "1",
-            "--kdf-lanes",
-            "2",
-        ]);
+        self.cli().init();
     }
 }
 

@@ -49,11 +49,11 @@ pub enum Error {
     #[error("invalid {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
     /// A request to an object store failed (after retries, if it could pass).
-    #[error("S3 {op} s3://{bucket}/{key} failed: {message}")]
+    #[error("S3 {op} {object} failed: {message}")]
     Remote {
         op: &'static str,
-        bucket: String,
-        key: String,
+        /// `s3://BUCKET/KEY at ENDPOINT`.
+        object: String,
         message: String,
         transient: bool,
     },

@@ -127,6 +127,9 @@ enum Miss {
     BadRange,
 }
 
+/// How often a multipart upload that the store lost is started again.
+const UPLOAD_RESTARTS: u32 = 2;
+
 /// How a failed attempt is treated.
 enum Failure {
     /// Retrying may help.
@@ -139,10 +142,49 @@ enum Failure {
     BadRange,
 }
 
+/// What went wrong with a connection, in words: the operating system's error where there
+/// is one (connection refused, reset by the peer, timed out), else the innermost cause,
+/// never the client's debug dump.
+fn in_words(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut innermost = err;
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ConnectionRefused => "connection refused".into(),
+                ErrorKind::ConnectionReset => "connection reset by the peer".into(),
+                ErrorKind::ConnectionAborted => "connection aborted".into(),
+                ErrorKind::BrokenPipe => "the peer closed the connection".into(),
+                ErrorKind::TimedOut => "timed out".into(),
+                ErrorKind::UnexpectedEof => {
+                    "the connection closed before the answer was complete".into()
+                }
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    "the endpoint cannot be reached".into()
+                }
+                _ => io.to_string(),
+            };
+        }
+        innermost = e;
+        current = e.source();
+    }
+    let text = innermost.to_string();
+    if text.contains("dns error") || text.contains("failed to lookup address") {
+        format!("the endpoint's host name does not resolve ({text})")
+    } else {
+        text
+    }
+}
+
 fn classify<E: ProvideErrorMetadata + Display>(err: &SdkError<E, HttpResponse>) -> Failure {
     match err {
         SdkError::TimeoutError(_) => Failure::Transient("timed out".into()),
-        SdkError::DispatchFailure(e) => Failure::Transient(format!("connection failed: {e:?}")),
+        SdkError::DispatchFailure(e) => Failure::Transient(match e.as_connector_error() {
+            Some(connector) => in_words(connector),
+            None if e.is_timeout() => "timed out".into(),
+            None => "the request could not be sent".into(),
+        }),
         SdkError::ResponseError(_) => {
             Failure::Transient("the response was cut short or malformed".into())
         }
@@ -252,11 +294,18 @@ impl S3Backend {
     fn error(&self, op: &'static str, key: &str, message: String, transient: bool) -> Error {
         Error::Remote {
             op,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
+            object: format!("s3://{}/{key} at {}", self.bucket, self.endpoint()),
             message,
             transient,
         }
+    }
+
+    /// The endpoint requests go to, for messages.
+    fn endpoint(&self) -> String {
+        self.options
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS's endpoint".into())
     }
 
     fn attempt_limit(&self, bytes: usize) -> Duration {
@@ -321,8 +370,9 @@ impl S3Backend {
             }
             let delay = self.backoff(tries);
             tracing::warn!(
-                "S3 {op} s3://{}/{key} failed: {message}; attempt {}/{} in {} ms",
+                "S3 {op} s3://{}/{key} at {} failed: {message}; attempt {}/{} in {} ms",
                 self.bucket,
+                self.endpoint(),
                 tries + 1,
                 self.options.max_attempts,
                 delay.as_millis()
@@ -401,7 +451,35 @@ impl S3Backend {
         .await
     }
 
+    /// Uploads `data` in parts. A store that lost the upload while it ran (restarted, or
+    /// one whose Complete answer was lost and whose retry finds the upload gone) refuses
+    /// its parts or its completion permanently: the whole upload then starts again, at
+    /// most [`UPLOAD_RESTARTS`] times. The object is named by its content, so uploading it
+    /// again is always safe.
     async fn put_multipart(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        let mut restarts = 0;
+        loop {
+            match self.put_multipart_once(key, data.clone()).await {
+                Err(Error::Remote {
+                    op: op @ ("UploadPart" | "CompleteMultipartUpload"),
+                    transient: false,
+                    message,
+                    ..
+                }) if restarts < UPLOAD_RESTARTS => {
+                    restarts += 1;
+                    tracing::warn!(
+                        "S3 {op} s3://{}/{key} at {} failed: {message}; the store may have \
+                         lost the upload: starting it again ({restarts}/{UPLOAD_RESTARTS})",
+                        self.bucket,
+                        self.endpoint(),
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_multipart_once(&self, key: &str, data: bytes::Bytes) -> Result<()> {
         let upload_id = self
             .retry("CreateMultipartUpload", key, 0, || async {
                 let out = self
@@ -421,14 +499,14 @@ impl S3Backend {
         if result.is_err() {
             // Best effort: an upload left behind holds no visible object, and a bucket
             // lifecycle rule (documented) cleans it up if this fails too.
-            let _ = self
+            let abort = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .send()
-                .await;
+                .send();
+            let _ = tokio::time::timeout(self.attempt_limit(0), abort).await;
         }
         result
     }

@@ -54,7 +54,7 @@ fn s3s_fs_binary() -> PathBuf {
 
 /// An s3s-fs process serving one bucket from a temporary directory; killed on drop.
 pub struct S3Server {
-    child: Child,
+    child: std::sync::Mutex<Option<Child>>,
     root: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
@@ -100,7 +100,7 @@ impl S3Server {
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
                     return S3Server {
-                        child,
+                        child: std::sync::Mutex::new(Some(child)),
                         root,
                         endpoint: format!("http://{addr}"),
                         access_key,
@@ -115,9 +115,82 @@ impl S3Server {
         panic!("s3s-fs did not start listening on 127.0.0.1");
     }
 
+    /// Kills the server, as a crash or an outage does: connections in flight are cut.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the same objects and credentials
+    /// (after [`S3Server::kill`]); waits until it listens.
+    pub fn restart(&self) {
+        self.kill();
+        let port = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("the endpoint's port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let mut child = Command::new(s3s_fs_binary())
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--access-key",
+                    &self.access_key,
+                    "--secret-key",
+                    &self.secret_key,
+                ])
+                .arg(self.root.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start s3s-fs");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port is not free yet: try again
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("s3s-fs did not listen again on {addr}");
+    }
+
     /// The directory holding the bucket's objects as files (`<root>/<bucket>/<key>`).
     pub fn bucket_dir(&self) -> PathBuf {
         self.root.path().join(BUCKET)
+    }
+
+    /// Bytes of all objects stored under `prefix` of the bucket (`""` for all), as the
+    /// server holds them now: uploads in progress show as they land.
+    pub fn bytes_under(&self, prefix: &str) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| match e.file_type() {
+                            Ok(t) if t.is_dir() => walk(&e.path()),
+                            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.bucket_dir().join(prefix))
     }
 
     /// Options that reach this server (or `endpoint`, such as a proxy in front of it),
@@ -159,8 +232,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -279,6 +351,20 @@ impl Cli {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
+    }
+
+    /// `repo init` with a cheap key derivation, for tests.
+    pub fn init(&self) {
+        self.ok(&[
+            "repo",
+            "init",
+            "--kdf-memory-kib",
+            "256",
+            "--kdf-iterations",
+            "1",
+            "--kdf-lanes",
+            "2",
+        ]);
     }
 
     /// Runs to completion.
