@@ -316,6 +316,76 @@ pub fn review(body: &[u8], state: &State) -> (Answer, Outcome) {
     (answer, Outcome::Injected)
 }
 
+/// The request's uid (`request.uid`) read from the start of a body that is not read whole
+/// (one over the size limit), so that even that answer names the request. Reads JSON
+/// tokens just far enough; `None` if the uid does not come before the end of `start`.
+pub fn uid_near_start(start: &[u8]) -> Option<String> {
+    /// An object or array of the top two levels: the key being read, and whether it is
+    /// the review's `request`.
+    struct Level {
+        object: bool,
+        key: Vec<u8>,
+        request: bool,
+    }
+    let mut levels: Vec<Level> = Vec::with_capacity(2);
+    let mut deeper = 0usize; // levels below the second, only counted
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < start.len() {
+        match start[i] {
+            b'"' => {
+                let from = i;
+                i += 1;
+                while i < start.len() && start[i] != b'"' {
+                    i += if start[i] == b'\\' { 2 } else { 1 };
+                }
+                let token = start.get(from..=i)?;
+                if deeper == 0 {
+                    let depth = levels.len();
+                    let top = levels.last_mut()?;
+                    if top.object && expect_key {
+                        top.key = token.to_vec();
+                        expect_key = false;
+                    } else if depth == 2 && top.request && top.key == b"\"uid\"" {
+                        return serde_json::from_slice(token).ok();
+                    }
+                }
+            }
+            open @ (b'{' | b'[') => {
+                if levels.len() < 2 && deeper == 0 {
+                    let request = levels.len() == 1
+                        && levels[0].object
+                        && levels[0].key == b"\"request\""
+                        && open == b'{';
+                    levels.push(Level {
+                        object: open == b'{',
+                        key: Vec::new(),
+                        request,
+                    });
+                    expect_key = open == b'{';
+                } else {
+                    deeper += 1;
+                }
+            }
+            b'}' | b']' => {
+                if deeper > 0 {
+                    deeper -= 1;
+                } else {
+                    levels.pop();
+                    if levels.is_empty() {
+                        return None;
+                    }
+                }
+                expect_key = false;
+            }
+            b',' if deeper == 0 => expect_key = levels.last().is_some_and(|l| l.object),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn wrong_type(uid: &str, version: &str, kind: &str) -> (Answer, Outcome) {
     invalid(
         uid,

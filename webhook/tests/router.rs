@@ -99,6 +99,32 @@ async fn admission_health_readiness_and_metrics() {
         "{answer}"
     );
 
+    // An over-limit body still names its request when the uid comes early, as the API
+    // server writes it; the pod's own uid deeper down is not taken for it.
+    let mut big = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"kind":{"group":"","version":"v1","kind":"Pod"},"uid":"7b0e-big","object":{"metadata":{"uid":"pod-uid","annotations":{"a":""#.to_vec();
+    big.resize(MAX_BODY + 100, b'x');
+    let (_, body) = call(app(s.clone()), "POST", "/mutate-pods", big).await;
+    let answer: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(answer["response"]["uid"], "7b0e-big", "{answer}");
+    assert_eq!(answer["response"]["allowed"], false);
+    for (start, uid) in [
+        (
+            &br#"{"request":{"object":{"uid":"no"},"uid":"yes\"q""#[..],
+            Some("yes\"q"),
+        ),
+        (br#"{"uid":"top","request":{"kind":{}}"#, None),
+        (br#"[[[[[[[[[[{"request":{"uid":"deep"}}"#, None),
+        (br#"{"request":{"uid":"cut-sho"#, None),
+        (br#""request""#, None),
+    ] {
+        assert_eq!(
+            podvault_webhook::handler::uid_near_start(start).as_deref(),
+            uid,
+            "{}",
+            String::from_utf8_lossy(start)
+        );
+    }
+
     let (status, body) = call(metrics_app(s.clone()), "GET", "/metrics", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).expect("utf-8");
@@ -107,7 +133,7 @@ async fn admission_health_readiness_and_metrics() {
         "{text}"
     );
     assert!(
-        text.contains("podvault_webhook_requests_total{outcome=\"invalid\"} 1"),
+        text.contains("podvault_webhook_requests_total{outcome=\"invalid\"} 2"),
         "{text}"
     );
     assert!(

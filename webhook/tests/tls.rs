@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use podvault_certs::{Reloader, server_config};
 use podvault_webhook::handler::State;
-use podvault_webhook::server::{Metrics, Shared, app, serve_tls};
+use podvault_webhook::server::{Limits, Metrics, Shared, app_with, serve_tls_with};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -55,6 +55,18 @@ async fn start(
     u16,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
+    start_with(dir, Limits::default()).await
+}
+
+/// [`start`] with other limits.
+async fn start_with(
+    dir: &Path,
+    limits: Limits,
+) -> (
+    Arc<Reloader>,
+    u16,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let reloader = Reloader::new(dir.join("tls.crt"), dir.join("tls.key")).expect("load");
     let shared = Arc::new(Shared {
         state: State::new("podvault", "0.1.0"),
@@ -66,10 +78,11 @@ async fn start(
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(serve_tls(
+    let server = tokio::spawn(serve_tls_with(
         listener,
         server_config(reloader.clone()).expect("tls"),
-        app(shared),
+        app_with(shared, &limits),
+        limits,
     ));
     (reloader, port, server)
 }
@@ -275,5 +288,240 @@ async fn only_tls_1_2_and_1_3_are_spoken() {
             "{version:#06x}: expected a fatal protocol_version alert"
         );
     }
+    server.abort();
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection that speaks no HTTP yet, for clients that misbehave.
+async fn raw(port: u16, ca_pem: &str) -> std::io::Result<Tls> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(ca_pem)).expect("CA");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
+/// Reads until the server closes (or fails) the connection, for at most `limit`; returns
+/// what was read, or `None` if the connection was still open then.
+async fn until_closed(tls: &mut Tls, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(all)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = authority("podvault CA");
+    write_pair(dir.path(), &cert, &key);
+    let limits = Limits {
+        handshake: Duration::from_secs(1),
+        headers: Duration::from_secs(1),
+        body: Duration::from_secs(1),
+        idle: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let (_, port, server) = start_with(dir.path(), limits).await;
+
+    // A connection that says nothing after its handshake is closed.
+    let mut silent = raw(port, &ca).await.expect("handshake");
+    assert!(
+        until_closed(&mut silent, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "a silent connection was kept"
+    );
+    // So is a TCP connection that never starts its handshake.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 16];
+        matches!(tcp.read(&mut b).await, Ok(0) | Err(_))
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "a connection without a handshake was kept"
+    );
+
+    // Headers sent a byte at a time, faster than the idle limit, are cut at the header
+    // limit.
+    let mut slow = raw(port, &ca).await.expect("handshake");
+    slow.write_all(b"POST /mutate-pods HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .expect("write");
+    let mut cut = false;
+    for _ in 0..60 {
+        if slow.write_all(b"x").await.is_err() || slow.flush().await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if !cut {
+        cut = until_closed(&mut slow, Duration::from_secs(1))
+            .await
+            .is_some();
+    }
+    assert!(cut, "headers trickled for 15 s were still being read");
+
+    // A body sent a byte at a time gets an answer that says so, by the body limit.
+    let mut trickle = raw(port, &ca).await.expect("handshake");
+    trickle
+        .write_all(b"POST /mutate-pods HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
+        .await
+        .expect("write");
+    let (mut reader, mut writer) = tokio::io::split(trickle);
+    let dripping = tokio::spawn(async move {
+        for _ in 0..60 {
+            if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("did not arrive") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "a trickled body was still being read after 15 s"
+    );
+    dripping.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("did not arrive within"),
+        "{text}"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_body_memory_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = authority("podvault CA");
+    write_pair(dir.path(), &cert, &key);
+    let limits = Limits {
+        connections: 4,
+        handshake: Duration::from_secs(2),
+        body: Duration::from_secs(3),
+        idle: Duration::from_secs(30),
+        body_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let (_, port, server) = start_with(dir.path(), limits).await;
+
+    // Four connections are served; a fifth waits until one of them ends.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(port, &ca).await.expect("one of four"));
+    }
+    let fifth = {
+        let ca = ca.clone();
+        tokio::spawn(async move { connect(port, &ca).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!fifth.is_finished(), "a fifth connection was served");
+    held.pop();
+    let mut fifth = tokio::time::timeout(Duration::from_secs(10), fifth)
+        .await
+        .expect("the fifth is served once one ends")
+        .expect("task")
+        .expect("connect");
+    assert_eq!(admit(&mut fifth, "fifth").await["response"]["uid"], "fifth");
+    drop(held);
+    drop(fifth);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Four clients at a time each send most of a 4 MiB body and stall: together they
+    // hold at most the body budget, and every one is answered by the body limit.
+    let before = rss_kib();
+    let mut peak = before;
+    let mut stalled = Vec::new();
+    for round in 0..5 {
+        let mut batch = Vec::new();
+        for _ in 0..4 {
+            let mut tls = raw(port, &ca).await.expect("handshake");
+            let head = format!(
+                "POST /mutate-pods HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+                4 << 20
+            );
+            tls.write_all(head.as_bytes()).await.expect("headers");
+            batch.push(tokio::spawn(async move {
+                let chunk = vec![b' '; 64 << 10];
+                for _ in 0..56 {
+                    if tls.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = tls.flush().await;
+                until_closed(&mut tls, Duration::from_secs(20)).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_kib());
+        stalled.push((round, batch));
+    }
+    for (round, batch) in stalled {
+        for client in batch {
+            // Answered (when the answer outruns the reset of the unread body) and closed.
+            let answer = client
+                .await
+                .expect("client")
+                .expect("closed by the body limit");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.is_empty() || answer.contains("did not arrive within"),
+                "round {round}: {answer}"
+            );
+        }
+    }
+    // 20 × 3.5 MiB were sent; without the budget they would all be held.
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(grown_mib < 40, "memory grew by {grown_mib} MiB");
     server.abort();
 }
