@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use podvault_testkit::kubeapi::KubeApi;
 use podvault_testkit::{BUCKET, FaultKind, FaultProxy, S3Server, pseudo_random};
 use rustls::pki_types::pem::PemObject;
@@ -405,9 +405,11 @@ async fn setup(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) -> World {
     world
 }
 
-/// Sends a pod's CREATE to the webhook over TLS, trusting only the CA the webhook put into
-/// its configuration; returns the AdmissionReview answer.
-async fn admit(world: &World, namespace: &str, pod: &Value) -> podvault_webhook::handler::Answer {
+type WebhookTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the webhook, trusting only the CA the webhook put into its
+/// configuration.
+async fn webhook_tls(world: &World) -> WebhookTls {
     let mwc = world
         .api
         .get("apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/podvault")
@@ -429,13 +431,18 @@ async fn admit(world: &World, namespace: &str, pod: &Value) -> podvault_webhook:
     let tcp = tokio::net::TcpStream::connect(world.webhook)
         .await
         .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(
             ServerName::try_from("podvault-webhook.podvault.svc").expect("name"),
             tcp,
         )
         .await
-        .expect("TLS with the built-in certificate");
+        .expect("TLS with the built-in certificate")
+}
+
+/// Sends a pod's CREATE to the webhook over TLS; returns the AdmissionReview answer.
+async fn admit(world: &World, namespace: &str, pod: &Value) -> podvault_webhook::handler::Answer {
+    let tls = webhook_tls(world).await;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("HTTP");
@@ -471,9 +478,11 @@ fn phase(api: &KubeApi, path: &str) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn backup_incremental_restore_through_the_webhook_and_cancel() {
-    // S3 and the proxy (which has a runtime of its own) live outside the suite's runtime.
+/// Runs `scenario` on a runtime of its own, with an S3 server and a proxy in front of it
+/// that can stall it (both live outside the runtime: the proxy has its own).
+fn run<F: std::future::Future<Output = ()>>(
+    scenario: impl FnOnce(Arc<S3Server>, Arc<FaultProxy>) -> F,
+) {
     let s3 = Arc::new(S3Server::start());
     let proxy = Arc::new(FaultProxy::start_with(
         &s3.endpoint,
@@ -489,6 +498,11 @@ fn backup_incremental_restore_through_the_webhook_and_cancel() {
         .expect("runtime");
     runtime.block_on(scenario(s3.clone(), proxy.clone()));
     drop(runtime);
+}
+
+#[test]
+fn backup_incremental_restore_through_the_webhook_and_cancel() {
+    run(scenario);
 }
 
 async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
@@ -590,7 +604,7 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
         .expect("the helper is injected");
     let mut new_pod = pod("shop2", None);
     json_patch::patch(&mut new_pod, &patch).expect("the patch applies");
-    let helper = &new_pod["spec"]["initContainers"][0];
+    let helper = new_pod["spec"]["initContainers"][0].clone();
     assert_eq!(helper["name"], "restore-wait");
     assert_eq!(
         helper["securityContext"]["runAsUser"], 999,
@@ -630,6 +644,12 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
         std::fs::create_dir_all(&restores).expect("mkdir");
         std::os::unix::fs::symlink(dir, restores.join(name)).expect("mount");
     }
+    // The markers' volume the webhook added, as the kubelet makes an emptyDir.
+    let markers = world
+        .pods_root()
+        .join("pod-new/volumes/kubernetes.io~empty-dir/podvault-restore-markers");
+    std::fs::create_dir_all(&markers).expect("mkdir");
+    std::os::unix::fs::symlink(&markers, restores.join(".markers")).expect("mount");
     new_pod["metadata"]["uid"] = json!("pod-new");
     new_pod["spec"]["nodeName"] = json!(NODE);
     new_pod["status"] = json!({"phase": "Pending", "initContainerStatuses": [
@@ -637,21 +657,32 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
          "imageID": "", "state": {"running": {"startedAt": "2026-11-25T00:00:00Z"}}}]});
     world.api.put("api/v1/namespaces/shop2/pods", new_pod);
 
-    // The helper, as the init container runs it, returns once every volume is back.
-    let out = world.cli(&[
-        "restore-wait",
-        "--restore-uid",
-        &restore_uid,
-        "--volume",
-        "cache,data,scratch",
-        "--root",
-        &restores.display().to_string(),
-        "--timeout",
-        "120",
-        "--poll-ms",
-        "200",
-    ]);
-    let _ = out;
+    // The helper, run as the patch says (its paths under the test's mount root), returns
+    // once every volume is back; it read the markers from its own volume.
+    let root = restores.display().to_string();
+    let mut args: Vec<String> = helper["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .skip(1)
+        .map(|a| {
+            let a = a.as_str().expect("string");
+            match a.strip_prefix("/restores") {
+                Some(rest) => format!("{root}{rest}"),
+                None => a.to_string(),
+            }
+        })
+        .collect();
+    assert!(args.contains(&format!("{root}/.markers")), "{args:?}");
+    assert!(args.contains(&"--timeout".to_string()), "{args:?}");
+    args.extend(["--poll-ms".to_string(), "200".to_string()]);
+    world.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for name in ["cache", "data", "scratch"] {
+        assert!(
+            markers.join(name).join(&restore_uid).is_file(),
+            "the node agent wrote {name}'s marker into the pod's marker volume"
+        );
+    }
     for (name, dir) in &fresh {
         assert_eq!(
             &tree(dir),
@@ -728,5 +759,122 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
             .iter()
             .any(|p| p["status"]["phase"] == "Canceled" && p["status"]["snapshotID"].is_null()),
         "{b3_volumes:?}"
+    );
+}
+
+/// Whether the server process `name` still runs; its exit status if not.
+fn exited(world: &mut World, name: &str) -> Option<std::process::ExitStatus> {
+    world
+        .processes
+        .0
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, child)| child.try_wait().ok().flatten())
+}
+
+#[test]
+fn servers_outlive_clients_that_hang_up_and_an_s3_outage_mid_backup() {
+    run(hang_ups);
+}
+
+async fn hang_ups(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
+    use tokio::io::AsyncWriteExt;
+    let mut world = setup(s3.clone(), proxy).await;
+    world
+        .until("the webhook's caBundle", Duration::from_secs(60), |api| {
+            api.get("apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/podvault")
+                .is_some_and(|m| m["webhooks"][0]["clientConfig"]["caBundle"].is_string())
+        })
+        .await;
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "gone", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "shop", "operation": "CREATE", "userInfo": {},
+                    "object": pod("shop", None), "dryRun": false}
+    })
+    .to_string();
+    let post = format!(
+        "POST /mutate-pods HTTP/1.1\r\nhost: podvault-webhook.podvault.svc\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{review}",
+        review.len()
+    );
+    let probe = "GET /readyz HTTP/1.1\r\nhost: podvault-webhook.podvault.svc\r\n\r\n";
+    // 100 clients of each kind send a request and close at once (an API server that gave
+    // up, a kubelet probe that timed out), leaving the answer nowhere to go.
+    for round in 0..100 {
+        for request in [post.as_str(), probe] {
+            let mut tls = webhook_tls(&world).await;
+            tls.write_all(request.as_bytes()).await.expect("request");
+            tls.flush().await.expect("flush");
+            drop(tls);
+        }
+        let tls = webhook_tls(&world).await;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("HTTP/2");
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::post("https://podvault-webhook.podvault.svc/mutate-pods")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review.clone())))
+            .expect("request");
+        let stream = tokio::spawn(async move { sender.send_request(request).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        connection.abort();
+        stream.abort();
+        if let Some(status) = exited(&mut world, "webhook") {
+            panic!(
+                "the webhook died ({status}) after {round} rounds\n{}",
+                world.logs()
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(exited(&mut world, "webhook"), None, "{}", world.logs());
+    let answer = admit(&world, "shop", &pod("shop", None)).await;
+    assert_eq!(answer.response.uid, "review-shop");
+
+    // The node agent backs up a volume while the S3 server is killed and restarted: the
+    // uploads are retried and the backup completes.
+    let old = volume_dirs(&world.pods_root(), "pod-old", "pvc-1111", "local-1111");
+    for i in 0..4 {
+        write(
+            &old["data"].join(format!("base/big{i}")),
+            &pseudo_random(40 + i, 32 << 20),
+        );
+    }
+    let before = s3.bytes_under("");
+    let backup = std::thread::scope(|scope| {
+        let running = scope.spawn(|| world.backup("outage"));
+        let start = Instant::now();
+        while s3.bytes_under("") < before + (24 << 20) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120) && !running.is_finished(),
+                "the backup uploaded nothing to kill\n{}",
+                world.logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s3.kill();
+        std::thread::sleep(Duration::from_millis(1500));
+        s3.restart();
+        running.join().expect("the backup")
+    });
+    assert_eq!(
+        backup["status"]["phase"],
+        "Completed",
+        "{backup}\n{}",
+        world.logs()
+    );
+    for name in ["node-agent", "controller", "webhook"] {
+        assert_eq!(exited(&mut world, name), None, "{name}\n{}", world.logs());
+    }
+    assert!(
+        std::fs::read_to_string(world.tmp.path().join("node-agent.log"))
+            .unwrap_or_default()
+            .contains("attempt"),
+        "the node agent retried\n{}",
+        world.logs()
     );
 }

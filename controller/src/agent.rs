@@ -20,6 +20,16 @@ pub const LINEAGE_TAG: &str = "lineage=";
 /// restore failed, so the helper needs no access to the Kubernetes API.
 pub const MARKER_DIR: &str = ".podvault";
 
+/// The emptyDir volume the webhook adds to a pod it gives the restore helper: the node
+/// agent writes each volume's markers into `<volume>/` of it, where the helper can read
+/// them whatever the restored volume's owner and mode. Mounted in the helper at
+/// [`POD_MARKERS_MOUNT`].
+pub const POD_MARKERS: &str = "podvault-restore-markers";
+
+/// Where the helper mounts [`POD_MARKERS`] (volumes are at `/restores/<name>`, and a
+/// volume's name cannot start with a dot).
+pub const POD_MARKERS_MOUNT: &str = "/restores/.markers";
+
 /// One volume to back up.
 #[derive(Clone, Debug)]
 pub struct VolumeBackup {
@@ -147,18 +157,32 @@ pub fn back_up_volume(
 }
 
 /// Restores `snapshot` into a volume's directory (overwriting what the snapshot also
-/// has), then writes the marker `.podvault/<restore_uid>` (directory 0755, file 0644, so
-/// the helper sees it whatever user it runs as). Attributes that could not be restored
-/// (ownership on NFS with root_squash, say) make the volume `PartiallyFailed` with the
-/// paths listed; the marker is written all the same, as the data is there.
+/// has), then writes the marker `.podvault/<restore_uid>` (directory 0755, file 0644).
+/// Attributes that could not be restored (ownership on NFS with root_squash, say) make the
+/// volume `PartiallyFailed` with the paths listed; the marker is written all the same, as
+/// the data is there.
 pub fn restore_volume(
     repo: &Repository,
     snapshot_id: &str,
     dir: &Path,
     restore_uid: &str,
 ) -> PodVolumeStatus {
+    restore_volume_with_markers(repo, snapshot_id, dir, &[dir.join(MARKER_DIR)], restore_uid)
+}
+
+/// [`restore_volume`], writing the marker into each of `markers` (directories, created
+/// 0755 if missing). The node agent adds the pod's marker volume ([`POD_MARKERS`]) to the
+/// volume's own `.podvault`: once the volume's root has the snapshot's owner and mode
+/// (0700 for a database), a helper running as another user cannot look inside it.
+pub fn restore_volume_with_markers(
+    repo: &Repository,
+    snapshot_id: &str,
+    dir: &Path,
+    markers: &[PathBuf],
+    restore_uid: &str,
+) -> PodVolumeStatus {
     let fail = |message: String| {
-        write_failure_marker(dir, restore_uid, &message);
+        write_failure_markers(markers, restore_uid, &message);
         status(Phase::Failed, Some(message))
     };
     let found = repo.find_snapshot(snapshot_id);
@@ -172,7 +196,10 @@ pub fn restore_volume(
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
-    if let Err(e) = write_marker_file(dir, restore_uid, "") {
+    if let Err(e) = markers
+        .iter()
+        .try_for_each(|m| write_marker_file(m, restore_uid, ""))
+    {
         return status(
             Phase::Failed,
             Some(format!(
@@ -201,19 +228,25 @@ pub fn restore_volume(
 /// Writes `.podvault/<restore-uid>.failed` with the reason, so the restore helper fails
 /// the pod at once instead of after its time limit; a failure to write it is logged.
 pub fn write_failure_marker(dir: &Path, restore_uid: &str, message: &str) {
-    if let Err(e) = write_marker_file(dir, &format!("{restore_uid}.failed"), message) {
-        tracing::warn!(
-            "could not write the failure marker in {}: {e}",
-            dir.display()
-        );
+    write_failure_markers(&[dir.join(MARKER_DIR)], restore_uid, message);
+}
+
+/// [`write_failure_marker`] into each of the marker directories `markers`.
+pub fn write_failure_markers(markers: &[PathBuf], restore_uid: &str, message: &str) {
+    for marker_dir in markers {
+        if let Err(e) = write_marker_file(marker_dir, &format!("{restore_uid}.failed"), message) {
+            tracing::warn!(
+                "could not write the failure marker in {}: {e}",
+                marker_dir.display()
+            );
+        }
     }
 }
 
-fn write_marker_file(dir: &Path, name: &str, content: &str) -> std::io::Result<()> {
+fn write_marker_file(marker_dir: &Path, name: &str, content: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let marker_dir = dir.join(MARKER_DIR);
-    std::fs::create_dir_all(&marker_dir)?;
-    std::fs::set_permissions(&marker_dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::create_dir_all(marker_dir)?;
+    std::fs::set_permissions(marker_dir, std::fs::Permissions::from_mode(0o755))?;
     let marker = marker_dir.join(name);
     std::fs::write(&marker, content)?;
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))
@@ -238,22 +271,56 @@ pub fn wait_for_markers(
     restore_uid: &str,
     poll: Duration,
     timeout: Duration,
+    failure: impl FnMut() -> Option<String>,
+) -> WaitOutcome {
+    let marker_dirs: Vec<PathBuf> = volumes.iter().map(|v| v.join(MARKER_DIR)).collect();
+    wait_for_marker_dirs(&marker_dirs, restore_uid, poll, timeout, failure)
+}
+
+/// Whether `path` exists; a path the helper is not allowed to look at is an error that
+/// names it and the user asking, never "not yet".
+fn exists(path: &Path) -> Result<bool, String> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "{}: permission denied to user {} (group {}); the volume's root is not open \
+             to the helper's user: run the helper as the volume's owner, or use a \
+             helper injected by this version's webhook, which reads its markers from a \
+             volume of its own",
+            path.display(),
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw()
+        )),
+        Err(_) => Ok(false),
+    }
+}
+
+/// [`wait_for_markers`] with the marker directories given: one per volume, in the order
+/// of the volumes (`<volume>/.podvault`, or the pod's marker volume's `<volume>/`).
+pub fn wait_for_marker_dirs(
+    marker_dirs: &[PathBuf],
+    restore_uid: &str,
+    poll: Duration,
+    timeout: Duration,
     mut failure: impl FnMut() -> Option<String>,
 ) -> WaitOutcome {
     let started = Instant::now();
+    let failed = format!("{restore_uid}.failed");
     loop {
-        let missing: Vec<PathBuf> = volumes
-            .iter()
-            .filter(|v| !v.join(MARKER_DIR).join(restore_uid).is_file())
-            .cloned()
-            .collect();
+        let mut missing = Vec::new();
+        for dir in marker_dirs {
+            match exists(&dir.join(restore_uid)) {
+                Ok(true) => {}
+                Ok(false) => missing.push(dir.clone()),
+                Err(e) => return WaitOutcome::Failed(e),
+            }
+        }
         if missing.is_empty() {
             return WaitOutcome::Restored;
         }
-        let failed = format!("{restore_uid}.failed");
-        for v in volumes {
-            if let Ok(reason) = std::fs::read_to_string(v.join(MARKER_DIR).join(&failed)) {
-                return WaitOutcome::Failed(format!("{}: {}", v.display(), reason.trim()));
+        for dir in marker_dirs {
+            if let Ok(reason) = std::fs::read_to_string(dir.join(&failed)) {
+                return WaitOutcome::Failed(format!("{}: {}", dir.display(), reason.trim()));
             }
         }
         if let Some(reason) = failure() {

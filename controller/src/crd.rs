@@ -430,6 +430,9 @@ pub struct PodVolumeRestoreSpec {
     /// The node whose agent does the work, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The Restore's time limit (Go duration): the restore helper gives up after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// One repository per namespace, in the object store.

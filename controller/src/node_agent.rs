@@ -20,7 +20,9 @@ use podvault_store::Access;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::agent::{VolumeBackup, back_up_volume, restore_volume};
+use crate::agent::{
+    MARKER_DIR, POD_MARKERS, VolumeBackup, back_up_volume, restore_volume_with_markers,
+};
 use crate::cluster::{Error, NODE_LABEL, Settings, open_repository, repository_key};
 use crate::crd::{
     BackupRepository, Phase, PodVolumeBackup, PodVolumeRestore, PodVolumeStatus, Progress,
@@ -401,8 +403,25 @@ pub async fn tell_late_pod(
         volume_restore = %pvr.name_any(), %namespace, pod = %pod.name_any(),
         "the pod appeared after its restore gave up on it: {message}"
     );
-    crate::agent::write_failure_marker(&dir, &spec.restore_uid, &message);
+    let markers = marker_dirs(agent, &pod.uid().unwrap_or_default(), &spec.volume, &dir);
+    crate::agent::write_failure_markers(&markers, &spec.restore_uid, &message);
     Ok(())
+}
+
+/// Where a volume's restore markers go: into the volume's own `.podvault`, and into the
+/// pod's marker volume (`<volume>/`) when the webhook gave the pod one, where the helper
+/// sees them whatever the restored root's owner and mode.
+fn marker_dirs(agent: &Agent, pod_uid: &str, volume: &str, dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.join(MARKER_DIR)];
+    let pod_markers = agent
+        .pods_root
+        .join(pod_uid)
+        .join("volumes/kubernetes.io~empty-dir")
+        .join(POD_MARKERS);
+    if pod_markers.is_dir() {
+        dirs.push(pod_markers.join(volume));
+    }
+    dirs
 }
 
 async fn run_restore(
@@ -419,8 +438,9 @@ async fn run_restore(
     };
     // From here on the volume is known: a failure also goes into the failure marker, so
     // the restore helper stops waiting and fails the pod with the reason.
+    let markers = marker_dirs(agent, &pod.uid, &spec.volume, &dir);
     let fail = |message: String| {
-        crate::agent::write_failure_marker(&dir, &spec.restore_uid, &message);
+        crate::agent::write_failure_markers(&markers, &spec.restore_uid, &message);
         failed(message)
     };
     let (repo, session) = match open_volume_repository(
@@ -439,7 +459,7 @@ async fn run_restore(
     let uid = spec.restore_uid.clone();
     let work = tokio::task::spawn_blocking(move || {
         let _session = session;
-        restore_volume(&repo, &snapshot, &dir, &uid)
+        restore_volume_with_markers(&repo, &snapshot, &dir, &markers, &uid)
     });
     match work.await {
         Ok(st) => st,

@@ -130,6 +130,13 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
                 repository: source.clone(),
                 pod: None,
                 node: None,
+                timeout: Some(
+                    restore
+                        .spec
+                        .timeout
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_TIMEOUT.to_string()),
+                ),
             });
             plan.namespaces.insert(target.clone());
             if let Some(claim) = &v.spec.claim

@@ -14,10 +14,14 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, SeccompProfile,
-    SecurityContext, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use podvault_controller::agent::{POD_MARKERS, POD_MARKERS_MOUNT};
 use podvault_controller::crd::{Phase, PodVolumeRestore};
 use podvault_controller::node_agent::{RESTORE_HELPER, restore_target};
 use serde_json::Value;
@@ -91,23 +95,64 @@ pub fn decide(
         placed.metadata.namespace = Some(namespace.to_string());
         std::borrow::Cow::Owned(placed)
     };
-    let mut by_restore: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_restore: BTreeMap<&str, (Vec<&str>, Duration)> = BTreeMap::new();
     for pvr in pending.iter().filter(waiting) {
         if restore_target(&pvr.spec, &placed) {
-            by_restore
+            let entry = by_restore
                 .entry(pvr.spec.restore_uid.as_str())
-                .or_default()
-                .push(pvr.spec.volume.as_str());
+                .or_insert_with(|| (Vec::new(), Duration::ZERO));
+            entry.0.push(pvr.spec.volume.as_str());
+            entry.1 = entry.1.max(helper_timeout(pvr.spec.timeout.as_deref()));
         }
     }
     // One restore at a time into a namespace; if two claim the pod, the first (by UID)
     // is served now and the other's volumes are left to a later pod.
-    let Some((uid, mut volumes)) = by_restore.into_iter().next() else {
+    let Some((uid, (mut volumes, timeout))) = by_restore.into_iter().next() else {
         return skip("no pending restore for this pod");
     };
     volumes.sort_unstable();
     volumes.dedup();
-    let helper = helper_container(pod, uid, &volumes, config);
+    // The markers come through a volume of the helper's own, unless the pod already has a
+    // volume of that name (then the helper reads them inside the volumes).
+    let own_markers = !spec.volumes.iter().flatten().any(|v| v.name == POD_MARKERS);
+    let mut helper = helper_container(pod, uid, &volumes, config);
+    let command = helper.command.get_or_insert_with(Vec::new);
+    command.extend(["--timeout".to_string(), timeout.as_secs().to_string()]);
+    let mut operations = Vec::new();
+    if own_markers {
+        command.extend(["--markers".to_string(), POD_MARKERS_MOUNT.to_string()]);
+        helper
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: POD_MARKERS.to_string(),
+                mount_path: POD_MARKERS_MOUNT.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        let volume = serde_json::to_value(Volume {
+            name: POD_MARKERS.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("1Mi".to_string())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        })
+        .unwrap_or(Value::Null);
+        operations.push(PatchOperation::Add(
+            if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
+                AddOperation {
+                    path: PointerBuf::from_tokens(["spec", "volumes"]),
+                    value: Value::Array(vec![volume]),
+                }
+            } else {
+                AddOperation {
+                    path: PointerBuf::from_tokens(["spec", "volumes", "-"]),
+                    value: volume,
+                }
+            },
+        ));
+    }
     let container = serde_json::to_value(&helper).unwrap_or(Value::Null);
     // Before the pod's own init containers, or as the whole list when it has none.
     let operation = if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
@@ -121,12 +166,23 @@ pub fn decide(
             value: container,
         }
     };
+    operations.insert(0, PatchOperation::Add(operation));
     Decision {
-        patch: Some(Patch(vec![PatchOperation::Add(operation)])),
+        patch: Some(Patch(operations)),
         restore_uid: Some(uid.to_string()),
         volumes: volumes.iter().map(|v| v.to_string()).collect(),
         skipped: None,
     }
+}
+
+/// How long the helper waits: the Restore's time limit (a volume not restored by then
+/// is failed by the restore controller anyway), its default when the PodVolumeRestore
+/// does not say or says something unreadable, and never less than a minute.
+fn helper_timeout(limit: Option<&str>) -> Duration {
+    podvault_controller::restores::restore_timeout(limit)
+        .or_else(|_| podvault_controller::restores::restore_timeout(None))
+        .unwrap_or(Duration::from_secs(4 * 3600))
+        .max(Duration::from_secs(60))
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

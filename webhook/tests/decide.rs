@@ -80,14 +80,17 @@ fn a_deployment_pod_gets_the_helper_first_for_its_claim_and_its_scratch_volume()
             "name": "restore-wait",
             "image": "ghcr.io/podvault/podvault:0.1.0",
             "command": ["podvault", "restore-wait", "--restore-uid", "r-uid",
-                        "--volume", "data,scratch", "--root", "/restores"],
+                        "--volume", "data,scratch", "--root", "/restores",
+                        "--timeout", "14400", "--markers", "/restores/.markers"],
             "env": [
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "POD_NAMESPACE",
                  "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
             ],
             "volumeMounts": [{"name": "data", "mountPath": "/restores/data"},
-                             {"name": "scratch", "mountPath": "/restores/scratch"}],
+                             {"name": "scratch", "mountPath": "/restores/scratch"},
+                             {"name": "podvault-restore-markers",
+                              "mountPath": "/restores/.markers", "readOnly": true}],
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                           "limits": {"cpu": "100m", "memory": "128Mi"}},
             "securityContext": {
@@ -95,6 +98,13 @@ fn a_deployment_pod_gets_the_helper_first_for_its_claim_and_its_scratch_volume()
                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
             }
         })
+    );
+    // The markers' own volume, which the node agent writes and the helper reads whatever
+    // the restored volumes' owners and modes.
+    assert_eq!(
+        patch[1],
+        json!({"op": "add", "path": "/spec/volumes/-",
+               "value": {"name": "podvault-restore-markers", "emptyDir": {"sizeLimit": "1Mi"}}})
     );
     // Applied, the helper runs before the pod's own init container; applying the decision
     // again adds nothing (reinvocation, retries).
@@ -376,4 +386,69 @@ fn the_request_namespace_decides_whether_the_pod_names_one_or_not() {
     let d = decide(&placed, "shop", "podvault", &taken, &config());
     assert!(d.patch.is_none());
     assert_eq!(d.skipped, Some("no pending restore for this pod"));
+}
+
+#[test]
+fn the_helper_waits_as_long_as_the_restore_and_reads_markers_where_it_can() {
+    let mut timed = pending();
+    for p in &mut timed {
+        p.spec.timeout = Some("30m".into());
+    }
+    timed[0].spec.timeout = Some("45m".into());
+    let command = |d: &podvault_webhook::decide::Decision| {
+        let patch = serde_json::to_value(d.patch.as_ref().expect("patch")).expect("json");
+        // The whole list of init containers, or the helper put first.
+        let added = &patch[0]["value"];
+        added.get(0).unwrap_or(added)["command"].clone()
+    };
+    let timeout = |pending: &[PodVolumeRestore]| {
+        let c = command(&decide(
+            &pod(json!({})),
+            "shop",
+            "podvault",
+            pending,
+            &config(),
+        ));
+        let args = c.as_array().expect("command").clone();
+        let at = args
+            .iter()
+            .position(|a| a == "--timeout")
+            .expect("--timeout");
+        args[at + 1].clone()
+    };
+    // The longest limit of the restore's volumes, in seconds.
+    assert_eq!(timeout(&timed), "2700");
+    // A limit that does not parse gets the default, and never less than a minute.
+    timed[0].spec.timeout = Some("soon".into());
+    timed[1].spec.timeout = Some("1s".into());
+    assert_eq!(timeout(&timed), "14400");
+    // A pod that already has a volume of the markers' name keeps it; the helper then
+    // reads the markers inside the volumes.
+    let own = pod(json!({"spec": {"volumes": [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "pgdata"}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "podvault-restore-markers", "emptyDir": {}}]}}));
+    let d = decide(&own, "shop", "podvault", &pending(), &config());
+    let patch = serde_json::to_value(d.patch.as_ref().expect("patch")).expect("json");
+    assert_eq!(patch.as_array().map(Vec::len), Some(1), "{patch}");
+    assert!(!command(&d).to_string().contains("--markers"));
+    let patched = apply(&own, d.patch.as_ref().expect("patch"));
+    assert_eq!(
+        patched.spec.and_then(|s| s.volumes).map(|v| v.len()),
+        Some(3)
+    );
+    // A pod with no volumes at all gets the list created.
+    let bare = pod(json!({"spec": {"volumes": null}}));
+    let d = decide(&bare, "shop", "podvault", &pending(), &config());
+    if let Some(patch) = &d.patch {
+        let patched = apply(&bare, patch);
+        let names: Vec<String> = patched
+            .spec
+            .and_then(|s| s.volumes)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["podvault-restore-markers"]);
+    }
 }
