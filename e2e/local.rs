@@ -800,13 +800,21 @@ async fn hang_ups(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
         review.len()
     );
     let probe = "GET /readyz HTTP/1.1\r\nhost: podvault-webhook.podvault.svc\r\n\r\n";
-    // 100 clients of each kind send a request and close at once (an API server that gave
-    // up, a kubelet probe that timed out), leaving the answer nowhere to go.
-    for round in 0..100 {
+    // 100 clients of each kind send requests and close at once (an API server that gave
+    // up, a kubelet probe that timed out), leaving the answers nowhere to go: the first
+    // answer meets a closed socket, which resets, and the next ones meet the reset.
+    for round in 0..100u64 {
         for request in [post.as_str(), probe] {
             let mut tls = webhook_tls(&world).await;
-            tls.write_all(request.as_bytes()).await.expect("request");
+            tls.write_all(request.repeat(40).as_bytes())
+                .await
+                .expect("request");
             tls.flush().await.expect("flush");
+            // Gone at once, or while the answers are being written; closed, or reset.
+            tokio::time::sleep(Duration::from_micros(round % 4 * 300)).await;
+            if round % 2 == 1 {
+                tls.get_ref().0.set_zero_linger().expect("linger");
+            }
             drop(tls);
         }
         let tls = webhook_tls(&world).await;
