@@ -223,8 +223,9 @@ pub struct RestoreCreateArgs {
     /// Restore namespace A into B: `A:B,C:D`.
     #[arg(long, value_delimiter = ',')]
     namespace_mappings: Vec<String>,
-    /// Only these volume names.
-    #[arg(long, value_delimiter = ',')]
+    /// Only these volumes: `namespace/pod/volume` or `namespace/claim`, with the
+    /// namespace as backed up (before --namespace-mappings).
+    #[arg(long, value_delimiter = ',', value_name = "NS/POD/VOLUME|NS/CLAIM")]
     include_volumes: Vec<String>,
     /// Also create the backed-up pods no controller owns.
     #[arg(long)]
@@ -661,6 +662,12 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
     {
         podvault_controller::restores::restore_timeout(Some(t))
             .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    }
+    if let RestoreCommand::Create(a) = &cmd {
+        for entry in &a.include_volumes {
+            podvault_controller::restores::check_included_volume(entry)
+                .map_err(|e| anyhow::anyhow!("--include-volumes: {e}"))?;
+        }
     }
     runtime()?.block_on(async move {
         let client = client().await?;

@@ -621,6 +621,20 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
         "{}",
         stderr(&out)
     );
+    let out = run(&[
+        "restore",
+        "create",
+        "--from-backup",
+        "b1",
+        "--include-volumes",
+        "shop/db-0/data,data",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--include-volumes: \"data\" names no volume"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["backup", "get", "-o", "xml"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown format");
     let out = run(&["node-agent", "--storage", "s3:b/p"]);

@@ -322,7 +322,8 @@ pub struct RestoreSpec {
     /// Restore namespace A into B (`A: B`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_mapping: BTreeMap<String, String>,
-    /// Only these volumes (`namespace/pod/volume` or `namespace/claim`); empty: all.
+    /// Only these volumes (`namespace/pod/volume` or `namespace/claim`, the namespace as
+    /// backed up); empty: all. Any other form fails the Restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub included_volumes: Vec<String>,
     /// Re-create the backed-up pods too (else only missing claims; pods come from their
@@ -430,6 +431,10 @@ pub struct PodVolumeRestoreSpec {
     /// The node whose agent does the work, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The volume is a generic ephemeral volume: its claim is the target pod's
+    /// `<pod>-<volume>`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
     /// The Restore's time limit (Go duration): the restore helper gives up after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

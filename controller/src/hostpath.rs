@@ -1,12 +1,16 @@
 //! Where the kubelet keeps a pod's volume on the node:
 //! `<root>/<pod-uid>/volumes/<plugin>/<dir>`, where `<dir>` is the volume's name for
 //! non-PVC volumes and the bound PersistentVolume's name for PVC volumes, with `/mount`
-//! added for CSI volumes (including PVs provisioned by a CSI driver or migrated to one).
+//! added for CSI volumes (including PVs provisioned by a CSI driver or migrated to one, and
+//! inline CSI volumes). A generic ephemeral volume is its claim's (`<pod>-<volume>`) PV.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::PersistentVolume;
+
+/// The kubelet's CSI plugin directory under `<pod-uid>/volumes/`.
+pub const CSI_PLUGIN: &str = "kubernetes.io~csi";
 
 /// The kubelet's pods directory on most distributions.
 pub const DEFAULT_PODS_ROOT: &str = "/var/lib/kubelet/pods";
@@ -93,6 +97,9 @@ pub fn resolve(root: &Path, pod_uid: &str, dir: &str, csi: bool) -> Result<PathB
         let plugin = plugin.map_err(|e| io(&volumes, e))?;
         let candidate = plugin.path().join(dir);
         if candidate.is_dir() {
+            // The CSI plugin keeps every volume's data in `mount`: claims' volumes and
+            // inline CSI volumes (`spec.volumes[].csi`, by the volume's name) alike.
+            let csi = csi || plugin.file_name() == CSI_PLUGIN;
             found.push(if csi {
                 candidate.join("mount")
             } else {

@@ -389,13 +389,14 @@ pub async fn tell_late_pod(
         .and_then(|s| s.message.clone())
         .unwrap_or_else(|| "the restore gave up on this volume".into());
     let namespace = pod.namespace().unwrap_or_default();
+    let claim = restore_claim(spec, &pod.name_any());
     let dir = volume_dir(
         client,
         agent,
         &namespace,
         &pod.uid().unwrap_or_default(),
         &spec.volume,
-        spec.target.claim.as_deref(),
+        claim.as_deref(),
     )
     .await
     .map_err(Error::Invalid)?;
@@ -406,6 +407,16 @@ pub async fn tell_late_pod(
     let markers = marker_dirs(agent, &pod.uid().unwrap_or_default(), &spec.volume, &dir);
     crate::agent::write_failure_markers(&markers, &spec.restore_uid, &message);
     Ok(())
+}
+
+/// The claim a restored volume lives on in pod `pod_name`: the one the restore names, or
+/// for a generic ephemeral volume the pod's own (`<pod>-<volume>`, as Kubernetes names it).
+fn restore_claim(spec: &crate::crd::PodVolumeRestoreSpec, pod_name: &str) -> Option<String> {
+    if spec.ephemeral {
+        Some(format!("{pod_name}-{}", spec.volume))
+    } else {
+        spec.target.claim.clone()
+    }
 }
 
 /// Where a volume's restore markers go: into the volume's own `.podvault`, and into the
@@ -431,8 +442,17 @@ async fn run_restore(
     pod: &crate::crd::PodRef,
 ) -> PodVolumeStatus {
     let spec = &pvr.spec;
-    let claim = spec.target.claim.as_deref();
-    let dir = match volume_dir(client, agent, &pod.namespace, &pod.uid, &spec.volume, claim).await {
+    let claim = restore_claim(spec, &pod.name);
+    let dir = match volume_dir(
+        client,
+        agent,
+        &pod.namespace,
+        &pod.uid,
+        &spec.volume,
+        claim.as_deref(),
+    )
+    .await
+    {
         Ok(d) => d,
         Err(e) => return failed(e),
     };

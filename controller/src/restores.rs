@@ -24,8 +24,8 @@ use crate::cluster::{
     BACKUP_LABEL, Error, KEY_FIELD, KEY_LABEL, RESTORE_IN_PROGRESS, RESTORE_LABEL, Settings,
 };
 use crate::crd::{
-    Phase, PodMatch, PodVolumeBackup, PodVolumeRestore, PodVolumeRestoreSpec, PodVolumeStatus,
-    Restore, RestoreStatus,
+    Phase, PodMatch, PodVolumeBackup, PodVolumeBackupSpec, PodVolumeRestore, PodVolumeRestoreSpec,
+    PodVolumeStatus, Restore, RestoreStatus,
 };
 use crate::lineage::owner;
 
@@ -97,7 +97,11 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
             if !matches!(status.phase, Phase::Completed | Phase::PartiallyFailed) {
                 continue;
             }
-            if !spec.included_volumes.is_empty() && !spec.included_volumes.contains(&v.spec.volume)
+            if !spec.included_volumes.is_empty()
+                && !spec
+                    .included_volumes
+                    .iter()
+                    .any(|entry| names_volume(entry, source, &v.spec))
             {
                 continue;
             }
@@ -106,7 +110,12 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
                 .iter()
                 .find(|p| p.uid().as_deref() == Some(v.spec.pod.uid.as_str()));
             let workload = pod.map(owner).filter(|o| !o.starts_with("Pod/"));
-            let target_match = match (&v.spec.claim, workload) {
+            // A generic ephemeral volume's claim is the pod's own (`<pod>-<volume>`), made
+            // and deleted with it: the new pod is recognised like a pod's other volumes,
+            // its claim is made by the kubelet's side, never by the restore.
+            let ephemeral = pod.is_some_and(|p| is_ephemeral(p, &v.spec.volume));
+            let claim = v.spec.claim.as_ref().filter(|_| !ephemeral);
+            let target_match = match (claim, workload) {
                 (Some(claim), _) => PodMatch {
                     claim: Some(claim.clone()),
                     ..PodMatch::default()
@@ -130,6 +139,7 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
                 repository: source.clone(),
                 pod: None,
                 node: None,
+                ephemeral,
                 timeout: Some(
                     restore
                         .spec
@@ -139,7 +149,7 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
                 ),
             });
             plan.namespaces.insert(target.clone());
-            if let Some(claim) = &v.spec.claim
+            if let Some(claim) = claim
                 && let Some(pvc) = record.claims.iter().find(|c| &c.name_any() == claim)
                 && !plan.claims.iter().any(|c| {
                     c.name_any() == *claim && c.namespace().as_deref() == Some(target.as_str())
@@ -164,6 +174,39 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
         }
     }
     plan
+}
+
+/// Whether `volume` of `pod` is a generic ephemeral volume (`spec.volumes[].ephemeral`).
+pub fn is_ephemeral(pod: &Pod, volume: &str) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|vs| vs.iter().find(|v| v.name == volume))
+        .is_some_and(|v| v.ephemeral.is_some())
+}
+
+/// Checks an entry of a Restore's `includedVolumes`: `namespace/pod/volume` or
+/// `namespace/claim`, with the backup's (source) namespace.
+pub fn check_included_volume(entry: &str) -> Result<(), String> {
+    let parts: Vec<&str> = entry.split('/').collect();
+    if matches!(parts.len(), 2 | 3) && parts.iter().all(|p| !p.is_empty()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{entry:?} names no volume: use namespace/pod/volume or namespace/claim \
+             (the namespace as backed up)"
+        ))
+    }
+}
+
+/// Whether an `includedVolumes` entry names the backed-up volume `volume` of namespace
+/// `namespace`.
+fn names_volume(entry: &str, namespace: &str, volume: &PodVolumeBackupSpec) -> bool {
+    match entry.split('/').collect::<Vec<_>>()[..] {
+        [ns, pod, name] => ns == namespace && pod == volume.pod.name && name == volume.volume,
+        [ns, claim] => ns == namespace && volume.claim.as_deref() == Some(claim),
+        _ => false,
+    }
 }
 
 fn fresh_meta(meta: &ObjectMeta, namespace: &str) -> ObjectMeta {
@@ -333,6 +376,22 @@ async fn start(
             restore,
             status,
             format!("spec.timeout: {e}"),
+            events,
+        )
+        .await;
+    }
+    if let Some(e) = restore
+        .spec
+        .included_volumes
+        .iter()
+        .find_map(|v| check_included_volume(v).err())
+    {
+        return fail_at_start(
+            client,
+            settings,
+            restore,
+            status,
+            format!("spec.includedVolumes: {e}"),
             events,
         )
         .await;

@@ -182,10 +182,13 @@ pub fn select_volumes(
             skip(&v.name, "no container of the pod mounts it".into());
             continue;
         }
-        let claim = v
-            .persistent_volume_claim
-            .as_ref()
-            .map(|c| c.claim_name.clone());
+        // A generic ephemeral volume lives on the claim `<pod>-<volume>` that Kubernetes
+        // makes for it, and is found like any claim's volume.
+        let claim = match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(c), _) => Some(c.claim_name.clone()),
+            (None, Some(_)) => Some(format!("{pod_name}-{}", v.name)),
+            (None, None) => None,
+        };
         if let Some(claim_name) = &claim {
             let Some(pvc) = claims.get(claim_name) else {
                 skip(&v.name, format!("its claim {claim_name} does not exist"));

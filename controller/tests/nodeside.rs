@@ -37,6 +37,9 @@ fn volume_directories_are_found_as_the_kubelet_lays_them_out() {
         "kubernetes.io~nfs/pvc-5e6f7a8b",
         "kubernetes.io~empty-dir/twice",
         "kubernetes.io~secret/twice",
+        // An inline CSI volume, by the volume's name; an ephemeral volume's PV.
+        "kubernetes.io~csi/inline/mount",
+        "kubernetes.io~csi/pvc-ephemeral/mount",
     ] {
         fs::create_dir_all(vols.join(dir)).expect("mkdir");
     }
@@ -60,6 +63,27 @@ fn volume_directories_are_found_as_the_kubelet_lays_them_out() {
     assert_eq!(
         resolve(&root, uid, &dir, csi).expect("nfs"),
         vols.join("kubernetes.io~nfs/pvc-5e6f7a8b")
+    );
+    // An inline CSI volume (`spec.volumes[].csi`) keeps its data in `mount` too.
+    let (dir, csi) = none("inline");
+    assert!(!csi);
+    assert_eq!(
+        resolve(&root, uid, &dir, csi).expect("inline CSI"),
+        vols.join("kubernetes.io~csi/inline/mount")
+    );
+    // A generic ephemeral volume is its claim's PV, provisioned by a CSI driver.
+    let mut ephemeral = pv("pvc-1a2b3c4d");
+    ephemeral.metadata.name = Some("pvc-ephemeral".into());
+    ephemeral.spec.get_or_insert_with(Default::default).csi = Some(
+        serde_json::from_value(
+            serde_json::json!({"driver": "ebs.csi.aws.com", "volumeHandle": "vol-1"}),
+        )
+        .expect("csi"),
+    );
+    let (dir, csi) = volume_dir_name("work", Some(&ephemeral), &drivers);
+    assert_eq!(
+        resolve(&root, uid, &dir, csi).expect("ephemeral"),
+        vols.join("kubernetes.io~csi/pvc-ephemeral/mount")
     );
     let (dir, csi) = none("twice");
     assert!(matches!(

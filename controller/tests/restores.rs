@@ -13,7 +13,9 @@ use k8s_openapi::jiff::Timestamp;
 use podvault_controller::backups::{BackupRecord, record_name};
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::{Backup, PodVolumeBackup, Restore};
-use podvault_controller::restores::{plan_restore, reconcile, volume_object_name};
+use podvault_controller::restores::{
+    check_included_volume, plan_restore, reconcile, volume_object_name,
+};
 use podvault_store::{Repository, S3Options, open_backend};
 use podvault_testkit::fast_init;
 use serde_json::{Value, json};
@@ -157,7 +159,8 @@ fn a_restore_plan_matches_claims_workloads_and_bare_pods() {
 
     // Without restorePods, a workload's emptyDir is matched by its owner, and a volume
     // filter leaves the others out.
-    let r = restore(json!({"backupName": "nightly", "includedVolumes": ["scratch"]}));
+    let r = restore(json!({"backupName": "nightly",
+                           "includedVolumes": ["shop/db-7d9c6b5f4-x2k8q/scratch"]}));
     let plan = plan_restore(&r, &[("shop".to_string(), record())]);
     assert_eq!(plan.volumes.len(), 1);
     assert_eq!(
@@ -165,6 +168,63 @@ fn a_restore_plan_matches_claims_workloads_and_bare_pods() {
         Some("Deployment/db")
     );
     assert!(plan.pods.is_empty() && plan.claims.is_empty());
+}
+
+#[test]
+fn included_volumes_name_a_pods_volume_or_a_claim_in_the_backed_up_namespace() {
+    let planned = |entries: Value| -> Vec<String> {
+        let r = restore(json!({"backupName": "nightly", "includedVolumes": entries,
+                               "namespaceMapping": {"shop": "shop-copy"}}));
+        plan_restore(&r, &[("shop".to_string(), record())])
+            .volumes
+            .iter()
+            .map(|v| v.volume.clone())
+            .collect()
+    };
+    assert_eq!(planned(json!(["shop/pgdata"])), ["data"]);
+    assert_eq!(planned(json!(["shop/tool/cache"])), ["cache"]);
+    assert_eq!(
+        planned(json!(["shop/db-7d9c6b5f4-x2k8q/data", "shop/tool/cache"])),
+        ["data", "cache"]
+    );
+    // The namespace is the backed-up one, not the target; a bare volume name is no form.
+    assert!(planned(json!(["shop-copy/pgdata"])).is_empty());
+    assert!(planned(json!(["shop/other/cache"])).is_empty());
+    for bad in ["cache", "shop//cache", "a/b/c/d", ""] {
+        let err = check_included_volume(bad).expect_err(bad);
+        assert!(err.contains("namespace/pod/volume"), "{err}");
+    }
+    for good in ["shop/pgdata", "shop/tool/cache"] {
+        check_included_volume(good).expect(good);
+    }
+}
+
+#[test]
+fn a_generic_ephemeral_volume_is_restored_into_the_new_pods_own_claim() {
+    let mut rec = record();
+    // The bare pod's volume `work` was a generic ephemeral volume on claim `tool-work`.
+    let tool = rec
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("tool"));
+    let tool = tool.expect("the bare pod");
+    let mut spec = serde_json::to_value(tool.spec.take()).expect("json");
+    spec["volumes"] = json!([{"name": "work", "ephemeral": {"volumeClaimTemplate": {
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}}}}]);
+    tool.spec = serde_json::from_value(spec).expect("spec");
+    rec.volumes[2].spec.volume = "work".into();
+    rec.volumes[2].spec.claim = Some("tool-work".into());
+    let r = restore(json!({"backupName": "nightly", "includedVolumes": ["shop/tool/work"]}));
+    let plan = plan_restore(&r, &[("shop".to_string(), rec)]);
+    assert_eq!(plan.volumes.len(), 1);
+    let v = &plan.volumes[0];
+    // Found by its pod (the new pod's claim is `<its name>-work`), and the claim is left
+    // to Kubernetes, which makes it with the pod.
+    assert!(v.ephemeral);
+    assert_eq!(v.target.pod_name.as_deref(), Some("tool"));
+    assert_eq!(v.target.claim, None);
+    assert!(plan.claims.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,3 +170,64 @@ fn a_shared_claim_is_backed_up_once() {
     );
     assert!(reasons(&selections[1].1)["data"].contains("backed up through pod db-7d9c6b5f4-x2k8q"));
 }
+
+#[test]
+fn generic_ephemeral_and_inline_csi_volumes_are_backed_up_and_opted_out_like_others() {
+    let (pod, mut claims, volumes) = world();
+    let mut pod = serde_json::to_value(pod).expect("json");
+    let spec = &mut pod["spec"];
+    spec["volumes"].as_array_mut().expect("volumes").extend([
+        serde_json::json!({"name": "work", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}),
+        serde_json::json!({"name": "inline", "csi": {"driver": "secrets-store.csi.k8s.io"}}),
+    ]);
+    spec["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .extend([
+            serde_json::json!({"name": "work", "mountPath": "/work"}),
+            serde_json::json!({"name": "inline", "mountPath": "/inline"}),
+        ]);
+    let mut pod: Pod = serde_json::from_value(pod).expect("pod");
+    // Kubernetes names the ephemeral volume's claim `<pod>-<volume>`.
+    let mut work: PersistentVolumeClaim = claims["pgdata"].clone();
+    work.metadata.name = Some("db-7d9c6b5f4-x2k8q-work".into());
+    claims.insert("db-7d9c6b5f4-x2k8q-work".into(), work);
+    let s = select_volumes(&pod, &claims, &volumes, true);
+    assert_eq!(chosen(&s), ["data", "scratch", "work", "inline"]);
+    assert_eq!(
+        s.volumes[2].claim.as_deref(),
+        Some("db-7d9c6b5f4-x2k8q-work")
+    );
+    assert_eq!(s.volumes[3].claim, None);
+    // Opted out by name like any other volume.
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "backup.podvault.io/backup-volumes-excludes".into(),
+            "work,inline".into(),
+        );
+    assert_eq!(
+        chosen(&select_volumes(&pod, &claims, &volumes, true)),
+        ["data", "scratch"]
+    );
+    // Opted in by name; an ephemeral claim not made yet is a reason, not a failure.
+    let annotations = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    annotations.clear();
+    annotations.insert(
+        "backup.podvault.io/backup-volumes".into(),
+        "work,inline".into(),
+    );
+    assert_eq!(
+        chosen(&select_volumes(&pod, &claims, &volumes, false)),
+        ["work", "inline"]
+    );
+    claims.remove("db-7d9c6b5f4-x2k8q-work");
+    let s = select_volumes(&pod, &claims, &volumes, false);
+    assert_eq!(chosen(&s), ["inline"]);
+    assert!(reasons(&s)["work"].contains("db-7d9c6b5f4-x2k8q-work does not exist"));
+}
