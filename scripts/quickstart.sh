@@ -6,8 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${1:-/usr/share/doc}
 work=$(mktemp -d -t podvault-quickstart.XXXXXX)
-cargo build --release --locked --quiet
-pv=target/release/podvault
+# PODVAULT_BIN: a podvault binary to use instead of building one (the tests give theirs).
+if [ -n "${PODVAULT_BIN:-}" ]; then
+  pv=$PODVAULT_BIN
+else
+  cargo build --release --locked --quiet
+  pv=target/release/podvault
+fi
 export PODVAULT_REPO="$work/repo" PODVAULT_PASSWORD=${PODVAULT_PASSWORD:-quickstart-password}
 "$pv" repo init
 "$pv" snapshot create "$src"
@@ -15,6 +20,10 @@ echo "-- again, unchanged files are not read:"
 "$pv" snapshot create "$src"
 "$pv" snapshot ls
 "$pv" snapshot restore latest "$work/restore"
-diff -r --no-dereference "$src" "$work/restore" && echo "restore matches $src"
+if ! diff -r --no-dereference "$src" "$work/restore"; then
+  echo "quickstart: FAILED: the restored copy $work/restore differs from $src (above)" >&2
+  exit 1
+fi
+echo "restore matches $src"
 "$pv" repo check --read-data
 echo "repository: $work/repo (password: \$PODVAULT_PASSWORD); restored copy: $work/restore"

@@ -24,7 +24,9 @@ use serde_json::json;
 use crate::Global;
 use crate::output::bytes;
 
-/// Where podvault is installed and what it stores to.
+/// Which cluster, and where podvault is installed in it. Given anywhere on the command
+/// line, as kubectl users put them (`podvault -n podvault backup get`, `podvault backup get
+/// -n podvault`).
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The namespace podvault is installed in (its objects and key Secrets live there).
@@ -35,11 +37,18 @@ pub struct ClusterArgs {
         default_value = "podvault",
         global = true
     )]
-    namespace: String,
+    pub namespace: String,
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the pod's
+    /// service account).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 /// How objects are printed.
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// A table.
     #[default]
@@ -52,8 +61,6 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    #[command(flatten)]
-    cluster: ClusterArgs,
     /// The storage root: `s3:BUCKET/PREFIX` or a directory; each namespace's repository
     /// is at `<storage>/podvault/<namespace>`.
     #[arg(long, env = "PODVAULT_STORAGE", value_name = "LOCATION")]
@@ -99,8 +106,6 @@ pub struct NodeAgentArgs {
 
 #[derive(Args, Debug)]
 pub struct WebhookArgs {
-    #[command(flatten)]
-    cluster: ClusterArgs,
     /// The serving certificate (PEM), reloaded when it changes.
     #[arg(long, env = "PODVAULT_TLS_CERT", default_value = "/certs/tls.crt")]
     tls_cert: PathBuf,
@@ -162,11 +167,18 @@ pub enum BackupCommand {
     /// List Backups, or show one.
     Get {
         name: Option<String>,
-        #[arg(long, short, value_enum, default_value_t)]
-        output: Format,
+        /// Output format (default: a table; --json is `-o json`).
+        #[arg(long, short, value_enum)]
+        output: Option<Format>,
     },
-    /// Show a Backup with each volume's phase, progress and errors.
-    Describe { name: String },
+    /// Show a Backup with each volume's phase, progress and errors (`-o json|yaml`: the
+    /// Backup and its PodVolumeBackups as a List).
+    Describe {
+        name: String,
+        /// Output format (default: words; --json is `-o json`).
+        #[arg(long, short, value_enum)]
+        output: Option<Format>,
+    },
     /// Delete a Backup: its snapshots are forgotten first (prune frees the data).
     Delete { name: String },
     /// Stop a running Backup; its volumes end Canceled.
@@ -206,11 +218,18 @@ pub enum RestoreCommand {
     /// List Restores, or show one.
     Get {
         name: Option<String>,
-        #[arg(long, short, value_enum, default_value_t)]
-        output: Format,
+        /// Output format (default: a table; --json is `-o json`).
+        #[arg(long, short, value_enum)]
+        output: Option<Format>,
     },
-    /// Show a Restore with each volume's phase and errors.
-    Describe { name: String },
+    /// Show a Restore with each volume's phase and errors (`-o json|yaml`: the Restore and
+    /// its PodVolumeRestores as a List).
+    Describe {
+        name: String,
+        /// Output format (default: words; --json is `-o json`).
+        #[arg(long, short, value_enum)]
+        output: Option<Format>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -245,15 +264,53 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn client() -> Result<Client> {
-    Client::try_default()
-        .await
-        .context("connecting to the cluster (kubeconfig or in-cluster service account)")
+/// The innermost cause of an error: the one that says what actually went wrong, where
+/// each outer layer only repeats it.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// A client of the cluster `cluster` names: its kubeconfig and context when given, else
+/// found as kubectl finds it (KUBECONFIG, ~/.kube/config) or the pod's service account.
+/// A failure is said once, with where podvault looked.
+async fn client(cluster: &ClusterArgs) -> Result<Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: cluster.context.clone(),
+        ..Default::default()
+    };
+    let config = match (&cluster.kubeconfig, &cluster.context) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                anyhow::anyhow!("reading kubeconfig {}: {}", path.display(), innermost(&e))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {}", path.display(), innermost(&e)))?
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| anyhow::anyhow!("kubeconfig context {context}: {}", innermost(&e)))?,
+        (None, None) => kube::Config::infer().await.map_err(|e| {
+            let kubeconfig =
+                std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".to_string());
+            anyhow::anyhow!(
+                "connecting to the cluster: no usable kubeconfig ({kubeconfig}: {}), and not \
+                 running in a pod (no service account); give --kubeconfig or set KUBECONFIG",
+                innermost(&e)
+            )
+        })?,
+    };
+    Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("connecting to the cluster: {}", innermost(&e)))
 }
 
 fn settings(global: &Global, server: &ServerArgs) -> Settings {
     Settings {
-        namespace: server.cluster.namespace.clone(),
+        namespace: global.cluster.namespace.clone(),
         storage: server.storage.clone(),
         s3: crate::commands::s3_options(global),
         init: podvault_controller::cluster::generated_key_init(),
@@ -283,7 +340,7 @@ pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
     let every = podvault_controller::duration::parse(&args.maintenance_interval)
         .map_err(|e| anyhow::anyhow!("--maintenance-interval: {e}"))?;
     runtime()?.block_on(async move {
-        let client = client().await?;
+        let client = client(&global.cluster).await?;
         spawn_metrics(args.server.metrics_address);
         let settings = settings(global, &args.server);
         if args.leader_elect {
@@ -317,7 +374,7 @@ pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
 /// `podvault node-agent`: this node's volume backups and restores.
 pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
-        let client = client().await?;
+        let client = client(&global.cluster).await?;
         spawn_metrics(args.server.metrics_address);
         let mut agent = podvault_controller::node_agent::Agent {
             node: args.node.clone(),
@@ -390,6 +447,16 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector> {
     })
 }
 
+/// The output format a command was asked for: `-o`, else `--json`, else a table (or
+/// words).
+fn format(global: &Global, output: Option<Format>) -> Format {
+    output.unwrap_or(if global.json {
+        Format::Json
+    } else {
+        Format::Table
+    })
+}
+
 fn print<T: serde::Serialize>(format: Format, value: &T) -> Result<bool> {
     match format {
         Format::Table => Ok(false),
@@ -402,6 +469,18 @@ fn print<T: serde::Serialize>(format: Format, value: &T) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// An object and the per-volume objects that belong to it, as one kubectl-style List.
+fn described<A: serde::Serialize, V: serde::Serialize>(
+    object: &A,
+    volumes: &[V],
+) -> Result<serde_json::Value> {
+    let mut items = vec![serde_json::to_value(object)?];
+    for v in volumes {
+        items.push(serde_json::to_value(v)?);
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}))
 }
 
 fn phase_of(p: Option<Phase>) -> String {
@@ -421,7 +500,7 @@ fn exit_for(phase: Phase) -> ExitCode {
 }
 
 /// `podvault backup …`.
-pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
+pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
     let mut selector = None;
     if let BackupCommand::Create(a) = &cmd {
@@ -433,9 +512,15 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
         }
         selector = a.selector.as_deref().map(parse_selector).transpose()?;
     }
+    let output = match &cmd {
+        BackupCommand::Get { output, .. } | BackupCommand::Describe { output, .. } => {
+            format(global, *output)
+        }
+        _ => format(global, None),
+    };
     runtime()?.block_on(async move {
-        let client = client().await?;
-        let api: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
+        let client = client(&global.cluster).await?;
+        let api: Api<Backup> = Api::namespaced(client.clone(), &global.cluster.namespace);
         match cmd {
             BackupCommand::Create(a) => {
                 let spec = BackupSpec {
@@ -447,24 +532,32 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                     timeout: a.timeout,
                     cancel: false,
                 };
-                api.create(&PostParams::default(), &Backup::new(&a.name, spec))
+                let created = api
+                    .create(&PostParams::default(), &Backup::new(&a.name, spec))
                     .await
                     .with_context(|| format!("creating backup {}", a.name))?;
-                outln!(
-                    "Backup {} created. Run `podvault backup describe {}` for its progress.",
-                    a.name,
-                    a.name
-                );
-                if a.wait {
-                    let phase =
-                        wait_for(|| async { Ok(api.get(&a.name).await?.status.map(|s| s.phase)) })
-                            .await?;
-                    outln!("Backup {} {:?}.", a.name, phase);
-                    return Ok(exit_for(phase));
+                if !a.wait {
+                    if !print(output, &created)? {
+                        outln!(
+                            "Backup {} created. Run `podvault backup describe {}` for its progress.",
+                            a.name,
+                            a.name
+                        );
+                    }
+                    return Ok(ExitCode::SUCCESS);
                 }
-                Ok(ExitCode::SUCCESS)
+                if output == Format::Table {
+                    outln!("Backup {} created; waiting for it to finish.", a.name);
+                }
+                let phase =
+                    wait_for(|| async { Ok(api.get(&a.name).await?.status.map(|s| s.phase)) })
+                        .await?;
+                if !print(output, &api.get(&a.name).await?)? {
+                    outln!("Backup {} {:?}.", a.name, phase);
+                }
+                Ok(exit_for(phase))
             }
-            BackupCommand::Get { name, output } => {
+            BackupCommand::Get { name, output: _ } => {
                 let items = match &name {
                     Some(n) => vec![api.get(n).await.with_context(|| format!("backup {n}"))?],
                     None => api.list(&ListParams::default()).await?.items,
@@ -504,39 +597,48 @@ pub fn backup(cluster: &ClusterArgs, cmd: BackupCommand) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            BackupCommand::Describe { name } => {
+            BackupCommand::Describe { name, output: _ } => {
                 let b = api
                     .get(&name)
                     .await
                     .with_context(|| format!("backup {name}"))?;
                 let pvbs: Api<PodVolumeBackup> =
-                    Api::namespaced(client.clone(), &cluster.namespace);
+                    Api::namespaced(client.clone(), &global.cluster.namespace);
                 let volumes = pvbs
                     .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={name}")))
                     .await?
                     .items;
-                out!("{}", describe_backup(&b, &volumes));
+                if !print(output, &described(&b, &volumes)?)? {
+                    out!("{}", describe_backup(&b, &volumes));
+                }
                 Ok(ExitCode::SUCCESS)
             }
             BackupCommand::Delete { name } => {
                 api.delete(&name, &DeleteParams::default())
                     .await
                     .with_context(|| format!("deleting backup {name}"))?;
-                outln!(
-                    "Backup {name} is being deleted: its snapshots are forgotten first; \
-                     `podvault repo prune` frees their data."
-                );
+                if !print(output, &json!({"name": name, "deleting": true}))? {
+                    outln!(
+                        "Backup {name} is being deleted: its snapshots are forgotten first; \
+                         `podvault repo prune` frees their data."
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             BackupCommand::Cancel { name } => {
-                api.patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"cancel": true}})),
-                )
-                .await
-                .with_context(|| format!("canceling backup {name}"))?;
-                outln!("Backup {name}: cancel requested; running volumes stop within seconds.");
+                let patched = api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"cancel": true}})),
+                    )
+                    .await
+                    .with_context(|| format!("canceling backup {name}"))?;
+                if !print(output, &patched)? {
+                    outln!(
+                        "Backup {name}: cancel requested; running volumes stop within seconds."
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -655,7 +757,7 @@ pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
 }
 
 /// `podvault restore …`.
-pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
+pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
     if let RestoreCommand::Create(a) = &cmd
         && let Some(t) = &a.timeout
@@ -669,9 +771,15 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--include-volumes: {e}"))?;
         }
     }
+    let output = match &cmd {
+        RestoreCommand::Get { output, .. } | RestoreCommand::Describe { output, .. } => {
+            format(global, *output)
+        }
+        RestoreCommand::Create(_) => format(global, None),
+    };
     runtime()?.block_on(async move {
-        let client = client().await?;
-        let api: Api<Restore> = Api::namespaced(client.clone(), &cluster.namespace);
+        let client = client(&global.cluster).await?;
+        let api: Api<Restore> = Api::namespaced(client.clone(), &global.cluster.namespace);
         match cmd {
             RestoreCommand::Create(a) => {
                 let mut mapping = BTreeMap::new();
@@ -695,23 +803,34 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                     restore_pods: a.restore_pods,
                     timeout: a.timeout.clone(),
                 };
-                api.create(&PostParams::default(), &Restore::new(&name, spec))
+                let created = api
+                    .create(&PostParams::default(), &Restore::new(&name, spec))
                     .await
                     .with_context(|| format!("creating restore {name}"))?;
-                outln!(
-                    "Restore {name} created. Pods that mount its volumes wait in their \
-                     restore-wait init container until their data is back."
-                );
-                if a.wait {
-                    let phase =
-                        wait_for(|| async { Ok(api.get(&name).await?.status.map(|s| s.phase)) })
-                            .await?;
-                    outln!("Restore {name} {phase:?}.");
-                    return Ok(exit_for(phase));
+                if !a.wait {
+                    if !print(output, &created)? {
+                        outln!(
+                            "Restore {name} created. Pods that mount its volumes wait in their \
+                             restore-wait init container until their data is back."
+                        );
+                    }
+                    return Ok(ExitCode::SUCCESS);
                 }
-                Ok(ExitCode::SUCCESS)
+                if output == Format::Table {
+                    outln!(
+                        "Restore {name} created. Pods that mount its volumes wait in their \
+                         restore-wait init container until their data is back."
+                    );
+                }
+                let phase =
+                    wait_for(|| async { Ok(api.get(&name).await?.status.map(|s| s.phase)) })
+                        .await?;
+                if !print(output, &api.get(&name).await?)? {
+                    outln!("Restore {name} {phase:?}.");
+                }
+                Ok(exit_for(phase))
             }
-            RestoreCommand::Get { name, output } => {
+            RestoreCommand::Get { name, output: _ } => {
                 let items = match &name {
                     Some(n) => vec![api.get(n).await.with_context(|| format!("restore {n}"))?],
                     None => api.list(&ListParams::default()).await?.items,
@@ -747,17 +866,20 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            RestoreCommand::Describe { name } => {
+            RestoreCommand::Describe { name, output: _ } => {
                 let r = api
                     .get(&name)
                     .await
                     .with_context(|| format!("restore {name}"))?;
                 let pvrs: Api<PodVolumeRestore> =
-                    Api::namespaced(client.clone(), &cluster.namespace);
+                    Api::namespaced(client.clone(), &global.cluster.namespace);
                 let volumes = pvrs
                     .list(&ListParams::default().labels(&format!("{RESTORE_LABEL}={name}")))
                     .await?
                     .items;
+                if print(output, &described(&r, &volumes)?)? {
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let s = r.status.clone().unwrap_or_default();
                 outln!("Name:         {name}");
                 outln!("Backup:       {}", r.spec.backup_name);
@@ -794,23 +916,47 @@ pub fn restore(cluster: &ClusterArgs, cmd: RestoreCommand) -> Result<ExitCode> {
     })
 }
 
-/// `podvault repo get`: the BackupRepositories of the cluster.
-pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
+/// `podvault repo get [NAME]`: the BackupRepositories of the cluster, or one (by name or
+/// by the namespace it serves), with when each was last pruned.
+pub fn repo_get(global: &Global, name: Option<String>, output: Option<Format>) -> Result<ExitCode> {
+    let output = format(global, output);
     runtime()?.block_on(async move {
-        let client = client().await?;
-        let api: Api<BackupRepository> = Api::namespaced(client, &cluster.namespace);
-        let items = api.list(&ListParams::default()).await?.items;
-        if !print(
-            output,
-            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
-        )? {
-            outln!("{:<24} {:<10} LOCATION", "NAMESPACE", "PHASE");
+        let client = client(&global.cluster).await?;
+        let api: Api<BackupRepository> = Api::namespaced(client, &global.cluster.namespace);
+        let mut items = api.list(&ListParams::default()).await?.items;
+        if let Some(name) = &name {
+            items.retain(|r| r.name_any() == *name || r.spec.volume_namespace == *name);
+            if items.is_empty() {
+                bail!(
+                    "no BackupRepository {name} in namespace {} (by name or by the namespace \
+                     it serves); `podvault repo get` lists them",
+                    global.cluster.namespace
+                );
+            }
+        }
+        let shown = match (&name, items.as_slice()) {
+            (Some(_), [one]) => print(output, one)?,
+            _ => print(
+                output,
+                &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+            )?,
+        };
+        if !shown {
+            outln!(
+                "{:<28} {:<20} {:<10} {:<26} LOCATION",
+                "NAME",
+                "NAMESPACE",
+                "PHASE",
+                "LAST MAINTENANCE"
+            );
             for r in &items {
                 let s = r.status.clone().unwrap_or_default();
                 outln!(
-                    "{:<24} {:<10} {}{}",
+                    "{:<28} {:<20} {:<10} {:<26} {}{}",
+                    r.name_any(),
                     r.spec.volume_namespace,
                     format!("{:?}", s.phase),
+                    when(s.last_maintenance.as_ref()),
                     r.spec.location,
                     s.message.map(|m| format!("  ({m})")).unwrap_or_default()
                 );
@@ -821,7 +967,7 @@ pub fn repo_get(cluster: &ClusterArgs, output: Format) -> Result<ExitCode> {
 }
 
 /// `podvault webhook`: the admission webhook that injects the restore helper.
-pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
+pub fn webhook(global: &Global, args: WebhookArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     // Mounted certificates must load before anything else: a webhook that cannot present
@@ -834,14 +980,14 @@ pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
         Certificates::Builtin => None,
     };
     runtime()?.block_on(async move {
-        let client = client().await?;
+        let client = client(&global.cluster).await?;
         if args.certificates == Certificates::Builtin {
             let target = podvault_certs::builtin::Target {
-                namespace: args.cluster.namespace.clone(),
+                namespace: global.cluster.namespace.clone(),
                 secret: args.certificate_secret.clone(),
                 names: podvault_certs::builtin::service_names(
                     &args.service,
-                    &args.cluster.namespace,
+                    &global.cluster.namespace,
                 ),
                 webhook_configuration: args.webhook_configuration.clone(),
                 cert_path: args.tls_cert.clone(),
@@ -863,7 +1009,7 @@ pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
         let tls = podvault_certs::server_config(reloader.clone())?;
         let version = env!("CARGO_PKG_VERSION").to_string();
         let shared = Arc::new(podvault_webhook::server::Shared {
-            state: podvault_webhook::handler::State::new(&args.cluster.namespace, &version),
+            state: podvault_webhook::handler::State::new(&global.cluster.namespace, &version),
             ready: AtomicBool::new(false),
             metrics: podvault_webhook::server::Metrics::new()?,
         });
@@ -878,7 +1024,7 @@ pub fn webhook(args: WebhookArgs) -> Result<ExitCode> {
         tokio::spawn(podvault_webhook::watch::run(
             client,
             shared.clone(),
-            args.cluster.namespace.clone(),
+            global.cluster.namespace.clone(),
             version,
             Some(recorder),
         ));

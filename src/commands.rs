@@ -184,7 +184,7 @@ fn new_password(file: Option<std::path::PathBuf>) -> Result<Vec<u8>> {
 pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
     match cmd {
         RepoCommand::Init(args) => init(global, args),
-        RepoCommand::Get { cluster, output } => crate::cluster::repo_get(&cluster, output),
+        RepoCommand::Get { name, output } => crate::cluster::repo_get(global, name, output),
         RepoCommand::Check {
             read_data,
             read_data_subset,

@@ -87,12 +87,18 @@ pub struct Global {
     /// Print machine-readable JSON on standard output.
     #[arg(long, global = true)]
     json: bool,
-    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    /// More log output (-v info, -vv debug); --log-level and RUST_LOG override.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log format: `text`, or `json` (one object per line, for log collectors).
     #[arg(long, global = true, env = "PODVAULT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Log level: error, warn, info, debug or trace (default: warn for commands, info for
+    /// the servers; -v and -vv raise it; RUST_LOG overrides).
+    #[arg(long, global = true, env = "PODVAULT_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: Option<String>,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,19 +112,11 @@ enum Command {
     /// Print podvault's CustomResourceDefinitions (YAML, for `kubectl apply -f -`).
     Crds,
     /// Back up pod volumes of a cluster (Backup objects).
-    Backup {
-        #[command(flatten)]
-        cluster: cluster::ClusterArgs,
-        #[command(subcommand)]
-        command: cluster::BackupCommand,
-    },
+    #[command(subcommand)]
+    Backup(cluster::BackupCommand),
     /// Restore pod volumes from a backup (Restore objects).
-    Restore {
-        #[command(flatten)]
-        cluster: cluster::ClusterArgs,
-        #[command(subcommand)]
-        command: cluster::RestoreCommand,
-    },
+    #[command(subcommand)]
+    Restore(cluster::RestoreCommand),
     /// Run the backup and restore controllers (in the cluster).
     Controller(cluster::ControllerArgs),
     /// Run the node agent of one node (in the cluster, one per node).
@@ -165,12 +163,13 @@ pub struct RestoreWaitArgs {
 pub enum RepoCommand {
     /// Create a new repository with a random master key wrapped by the password.
     Init(InitArgs),
-    /// List the cluster's BackupRepositories (one per namespace) and their state.
+    /// List the cluster's BackupRepositories (one per namespace) and their state, with
+    /// when each was last pruned; or show one (its name, or the namespace it serves).
     Get {
-        #[command(flatten)]
-        cluster: cluster::ClusterArgs,
-        #[arg(long, short, value_enum, default_value_t)]
-        output: cluster::Format,
+        name: Option<String>,
+        /// Output format (default: a table; --json is `-o json`).
+        #[arg(long, short, value_enum)]
+        output: Option<cluster::Format>,
     },
     /// Check the repository's structure and references (and with --read-data, every blob).
     Check {
@@ -369,11 +368,12 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     }
 }
 
-fn init_tracing(verbose: u8, json: bool) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+fn init_tracing(verbose: u8, level: Option<&str>, json: bool) {
+    let default = match (level, verbose) {
+        (Some(level), _) => level,
+        (None, 0) => "warn",
+        (None, 1) => "info",
+        (None, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -416,17 +416,18 @@ fn main() -> ExitCode {
     );
     init_tracing(
         cli.global.verbose.max(u8::from(server)),
+        cli.global.log_level.as_deref(),
         cli.global.log_format == "json",
     );
     let result = match cli.command {
         Command::Repo(cmd) => commands::repo(&cli.global, cmd),
         Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
         Command::RestoreWait(args) => commands::restore_wait(args),
-        Command::Backup { cluster, command } => cluster::backup(&cluster, command),
-        Command::Restore { cluster, command } => cluster::restore(&cluster, command),
+        Command::Backup(command) => cluster::backup(&cli.global, command),
+        Command::Restore(command) => cluster::restore(&cli.global, command),
         Command::Controller(args) => cluster::controller(&cli.global, args),
         Command::NodeAgent(args) => cluster::node_agent(&cli.global, args),
-        Command::Webhook(args) => cluster::webhook(args),
+        Command::Webhook(args) => cluster::webhook(&cli.global, args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
                 out!("{y}");
@@ -445,4 +446,65 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("podvault").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_documented_command_parses_as_written() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let commands = podvault_testkit::docs::documented_commands(root);
+        assert!(
+            commands.len() > 30,
+            "found only {} commands",
+            commands.len()
+        );
+        for c in &commands {
+            let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+            if let Err(e) = parse(&args) {
+                panic!("{}: podvault {}\n{e}", c.place, c.args.join(" "));
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_options_go_where_kubectl_users_put_them() {
+        for args in [
+            &["-n", "backups", "backup", "get"][..],
+            &["backup", "-n", "backups", "get"],
+            &["backup", "get", "-n", "backups"],
+            &["--namespace", "backups", "restore", "describe", "r1"],
+            &["repo", "get", "-n", "backups"],
+        ] {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.global.cluster.namespace, "backups", "{args:?}");
+        }
+        let cli = parse(&[
+            "backup",
+            "describe",
+            "nightly",
+            "--kubeconfig",
+            "/etc/kube.conf",
+            "--context",
+            "prod",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.global.cluster.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/kube.conf"))
+        );
+        assert_eq!(cli.global.cluster.context.as_deref(), Some("prod"));
+        assert!(cli.global.json);
+        let cli =
+            parse(&["controller", "--storage", "s3:b/p", "--log-level", "debug"]).expect("parses");
+        assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+        assert!(parse(&["webhook", "--log-level", "loud"]).is_err());
+    }
 }

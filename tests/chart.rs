@@ -528,6 +528,15 @@ fn values_reach_the_processes() {
     // One replica: no leader election; the image follows the chart's appVersion.
     let (_, objects) = rendered(&[STORAGE]);
     let controller = find(&objects, "Deployment", &format!("{BASE}-controller"));
+    // Servers log at info unless told otherwise, each of them.
+    let webhook = find(&objects, "Deployment", &format!("{BASE}-webhook"));
+    let agent = find(&objects, "DaemonSet", &format!("{BASE}-node-agent"));
+    for server in [controller, webhook, agent] {
+        assert_eq!(env(server, "PODVAULT_LOG_LEVEL"), Some(&json!("info")));
+    }
+    let (_, debug) = rendered(&[STORAGE, "logLevel=debug"]);
+    let agent = find(&debug, "DaemonSet", &format!("{BASE}-node-agent"));
+    assert_eq!(env(agent, "PODVAULT_LOG_LEVEL"), Some(&json!("debug")));
     assert!(!args(controller).contains(&"--leader-elect".to_string()));
     assert_eq!(
         container(controller)["image"],

@@ -610,6 +610,13 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
         "{}",
         stderr(&out)
     );
+    // Said once: where podvault looked, and the cause.
+    assert_eq!(
+        stderr(&out).matches("No such file or directory").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     // Bad input is refused before any cluster is asked.
     let out = run(&["backup", "create", "b1", "--ttl", "tomorrow"]);
     assert_eq!(out.status.code(), Some(1));

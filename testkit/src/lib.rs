@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use podvault_store::{Backend, DirBackend, S3Backend, S3Options};
 
+pub mod docs;
 pub mod kubeapi;
 mod proxy;
 pub use proxy::{FaultKind, FaultProxy, FaultStats};

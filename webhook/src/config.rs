@@ -53,6 +53,16 @@ pub fn is_helper_config(labels: &BTreeMap<String, String>) -> bool {
     })
 }
 
+/// Whether `image` is one of Velero's (its helper `velero/velero-restore-helper`, or
+/// `velero/velero`, from any registry): copied over from a Velero install, it cannot run
+/// podvault's helper.
+pub fn is_velero_image(image: &str) -> bool {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let name = last.split(':').next().unwrap_or(last);
+    name == "velero" || name.starts_with("velero-")
+}
+
 /// Adds `version` as the tag of an image that has neither a tag nor a digest.
 pub fn with_tag(image: &str, version: &str) -> String {
     let last = image.rsplit('/').next().unwrap_or(image);
@@ -117,6 +127,13 @@ pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> (HelperConfi
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
     {
+        Some(i) if is_velero_image(i) => {
+            warnings.push(format!(
+                "image {i:?} is Velero's, which has no `podvault restore-wait`; using \
+                 podvault's image (remove the key, or name a podvault image)"
+            ));
+            with_tag(DEFAULT_IMAGE, version)
+        }
         Some(i) if !i.contains(char::is_whitespace) => with_tag(i, version),
         Some(i) => {
             warnings.push(format!(

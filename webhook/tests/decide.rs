@@ -452,3 +452,29 @@ fn the_helper_waits_as_long_as_the_restore_and_reads_markers_where_it_can() {
         assert_eq!(names, ["podvault-restore-markers"]);
     }
 }
+
+#[test]
+fn velero_helper_images_copied_over_are_replaced_with_a_warning() {
+    for image in [
+        "velero/velero-restore-helper:v1.14.0",
+        "velero/velero-restore-helper",
+        "docker.io/velero/velero:v1.15.0",
+        "registry.local:5000/mirror/velero-restore-helper@sha256:0123",
+    ] {
+        let (c, warnings) = from_data(&data(&[("image", image)]), "0.1.0");
+        assert_eq!(c.image, "ghcr.io/podvault/podvault:0.1.0", "{image}");
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("Velero's"),
+            "{image}: {warnings:?}"
+        );
+    }
+    for image in [
+        "registry.local:5000/tools/podvault",
+        "mirror/veleroish:1",
+        "acme/helper:velero",
+    ] {
+        let (c, warnings) = from_data(&data(&[("image", image)]), "0.1.0");
+        assert!(warnings.is_empty(), "{image}: {warnings:?}");
+        assert!(c.image.starts_with(image), "{image}");
+    }
+}
