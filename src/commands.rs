@@ -510,8 +510,22 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
                         report.warnings.len()
                     );
                 }
+                if !report.refused.is_empty() {
+                    outln!(
+                        "{} entries were not restored: the snapshot's record of them is unusable",
+                        report.refused.len()
+                    );
+                    for r in &report.refused {
+                        outln!("  {r}");
+                    }
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            // As for files a backup could not read: the rest is there, some is missing.
+            Ok(if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         SnapshotCommand::Forget(args) => forget(global, args),
     }

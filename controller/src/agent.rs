@@ -214,13 +214,22 @@ pub fn restore_volume_with_markers(
         bytes_done: report.bytes,
         bytes_new: 0,
     };
-    if !report.warnings.is_empty() {
+    if !report.warnings.is_empty() || !report.refused.is_empty() {
         st.phase = Phase::PartiallyFailed;
-        st.message = Some(format!(
-            "{} attributes could not be restored",
-            report.warnings.len()
-        ));
-        st.failed_paths = report.warnings.clone();
+        st.message = Some(match (report.warnings.len(), report.refused.len()) {
+            (w, 0) => format!("{w} attributes could not be restored"),
+            (0, r) => format!("{r} entries of the snapshot are unusable and were not restored"),
+            (w, r) => format!(
+                "{r} entries of the snapshot are unusable and were not restored, and {w} \
+                 attributes could not be restored"
+            ),
+        });
+        st.failed_paths = report
+            .refused
+            .iter()
+            .chain(&report.warnings)
+            .cloned()
+            .collect();
     }
     st
 }

@@ -78,6 +78,11 @@ pub struct RestoreReport {
     pub pack_bytes_read: u64,
     /// Metadata that could not be applied (for example ownership when not root).
     pub warnings: Vec<String>,
+    /// Entries not restored because the snapshot's record of them is unusable (a name that
+    /// could escape the target or comes twice, a directory without its listing, content
+    /// that is missing, of the wrong kind or of the wrong length), as `path: reason`. The
+    /// rest of the snapshot is restored.
+    pub refused: Vec<String>,
 }
 
 /// A file being restored. Its chunks may come from many packs; whoever writes the last one
@@ -410,23 +415,44 @@ pub fn restore(
             });
         }
         drop(rx);
-        let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-        let mut w = Walker {
-            repo,
-            overwrite: options.overwrite,
-            shared: &shared,
-            tx: &tx,
-            links: &mut links,
-            dirs: &mut dirs,
-            batch: HashMap::new(),
-            batch_chunks: 0,
-            batch_files: 0,
-            batch_limit: FIRST_BATCH_CHUNKS,
-        };
-        let result = w.restore_tree(&target, &root, "");
-        w.flush();
-        drop(tx);
-        result
+        let (target, root, dirs) = (&target, &root, &mut dirs);
+        let shared = &shared;
+        // The walk recurses once per directory level, down to MAX_TREE_DEPTH: it runs on a
+        // thread whose stack is sized for that, whatever thread called.
+        let walker = std::thread::Builder::new()
+            .name("podvault-restore-walk".into())
+            .stack_size(WALKER_STACK_BYTES)
+            .spawn_scoped(s, move || {
+                let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+                let mut w = Walker {
+                    repo,
+                    overwrite: options.overwrite,
+                    shared,
+                    tx: &tx,
+                    links: &mut links,
+                    dirs,
+                    batch: HashMap::new(),
+                    batch_chunks: 0,
+                    batch_files: 0,
+                    batch_limit: FIRST_BATCH_CHUNKS,
+                    entries: 0,
+                    entry_limit: entry_limit(snapshot),
+                };
+                let result = w.restore_tree(target, root, "", 0);
+                w.flush();
+                drop(tx);
+                result
+            })
+            .map_err(|source| Error::Write {
+                path: target.clone(),
+                source,
+            })?;
+        walker.join().unwrap_or_else(|_| {
+            Err(Error::UnsafeEntry {
+                path: "/".into(),
+                reason: "the restore's walk stopped unexpectedly".into(),
+            })
+        })
     })?;
     let mut errors = errors.into_inner();
     if !errors.is_empty() {
@@ -498,31 +524,69 @@ struct Walker<'a> {
     /// When the current batch is handed over: small at first, so that the workers start at
     /// once, then doubling up to [`BATCH_CHUNKS`].
     batch_limit: usize,
+    /// Entries walked so far.
+    entries: u64,
+    /// Most entries the snapshot may expand to (see [`entry_limit`]).
+    entry_limit: u64,
+}
+
+/// Stack of the thread that walks the trees: enough for MAX_TREE_DEPTH levels of
+/// recursion, reserved, not touched, where the tree is shallow.
+const WALKER_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// Most entries a snapshot's trees may expand to when restored: twice what its summary
+/// records, and some. A tree may appear in several places (identical directories share
+/// one), but a forged snapshot whose directories each list one subtree twice, 40 levels
+/// down, would expand to 2⁴⁰ entries: it is stopped here.
+fn entry_limit(snapshot: &Snapshot) -> u64 {
+    let s = &snapshot.summary;
+    s.files
+        .saturating_add(s.dirs)
+        .saturating_add(s.others)
+        .saturating_mul(2)
+        .saturating_add(100_000)
 }
 
 impl Walker<'_> {
-    fn restore_tree(&mut self, dir: &Path, tree: &Tree, rel: &str) -> Result<()> {
-        for (i, node) in tree.nodes.iter().enumerate() {
+    /// Leaves out an entry whose record is unusable, naming it; the restore goes on.
+    fn refuse(&mut self, shown: &str, reason: impl std::fmt::Display) {
+        self.shared
+            .report
+            .lock()
+            .refused
+            .push(format!("{shown}: {reason}"));
+    }
+
+    fn restore_tree(&mut self, dir: &Path, tree: &Tree, rel: &str, depth: usize) -> Result<()> {
+        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        for node in &tree.nodes {
             let shown = format!("{rel}/{}", node.display_name());
             if !node.has_safe_name() {
-                return Err(Error::UnsafeEntry {
-                    path: shown,
-                    reason: "its name could escape the target directory".into(),
-                });
+                self.refuse(&shown, "its name could escape the target directory");
+                continue;
             }
-            if i > 0 && tree.nodes[i - 1].name == node.name {
+            if !seen.insert(&node.name) {
+                self.refuse(&shown, "the name appears twice in its directory");
+                continue;
+            }
+            self.entries += 1;
+            if self.entries > self.entry_limit {
                 return Err(Error::UnsafeEntry {
                     path: shown,
-                    reason: "the name appears twice in its directory".into(),
+                    reason: format!(
+                        "the snapshot's trees hold more entries than its summary records \
+                         ({}): its trees repeat themselves, refusing to go on",
+                        self.entry_limit
+                    ),
                 });
             }
             let path = dir.join(OsStr::from_bytes(&node.name));
-            self.restore_node(&path, node, &shown)?;
+            self.restore_node(&path, node, &shown, depth)?;
         }
         Ok(())
     }
 
-    fn restore_node(&mut self, path: &Path, node: &Node, shown: &str) -> Result<()> {
+    fn restore_node(&mut self, path: &Path, node: &Node, shown: &str, depth: usize) -> Result<()> {
         let write_err = |source: std::io::Error| Error::Write {
             path: path.to_path_buf(),
             source,
@@ -542,21 +606,35 @@ impl Walker<'_> {
                     }
                     Err(e) => return Err(write_err(e)),
                 }
-                let subtree = node.subtree.ok_or_else(|| Error::UnsafeEntry {
-                    path: shown.to_string(),
-                    reason: "directory without a listing".into(),
-                })?;
-                let tree = self
-                    .repo
-                    .load_tree(&subtree)
-                    .map_err(|source| Error::Content {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+                let Some(subtree) = node.subtree else {
+                    self.refuse(shown, "a directory without its listing");
+                    return Ok(());
+                };
+                if depth >= podvault_store::limits::MAX_TREE_DEPTH {
+                    self.refuse(
+                        shown,
+                        format!(
+                            "directories nested deeper than {} levels",
+                            podvault_store::limits::MAX_TREE_DEPTH
+                        ),
+                    );
+                    return Ok(());
+                }
+                let tree = match self.repo.load_tree(&subtree) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.refuse(shown, format!("its listing cannot be read: {e}"));
+                        return Ok(());
+                    }
+                };
                 self.dirs.push((path.to_path_buf(), node.clone()));
-                self.restore_tree(path, &tree, shown)?;
+                self.restore_tree(path, &tree, shown, depth + 1)?;
             }
             NodeKind::File => {
+                if let Err(reason) = self.check_content(node) {
+                    self.refuse(shown, reason);
+                    return Ok(());
+                }
                 self.clear(path)?;
                 self.shared.report.lock().files += 1;
                 if node.links > 1 {
@@ -581,6 +659,40 @@ impl Walker<'_> {
                 self.finish_other(path, node);
             }
             NodeKind::Socket => {}
+        }
+        Ok(())
+    }
+
+    /// Whether a file's content can be restored as recorded: every chunk in the index as a
+    /// data blob, adding up to the file's size.
+    fn check_content(&self, node: &Node) -> std::result::Result<(), String> {
+        let mut total = 0u64;
+        for id in &node.content {
+            match self.repo.locate(id) {
+                None => return Err(format!("its chunk {} is not in the index", id.short())),
+                Some(loc) if loc.kind != BlobKind::Data => {
+                    return Err(format!(
+                        "its content names {} blob {}",
+                        loc.kind,
+                        id.short()
+                    ));
+                }
+                Some(loc) if loc.raw_len as usize > self.repo.blob_limit(BlobKind::Data) => {
+                    return Err(format!(
+                        "its chunk {} claims {} bytes, more than the chunker's maximum {}",
+                        id.short(),
+                        loc.raw_len,
+                        self.repo.blob_limit(BlobKind::Data)
+                    ));
+                }
+                Some(loc) => total += u64::from(loc.raw_len),
+            }
+        }
+        if total != node.size {
+            return Err(format!(
+                "its chunks hold {total} bytes but the snapshot says {}",
+                node.size
+            ));
         }
         Ok(())
     }

@@ -9,10 +9,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use podvault_scanner::{BackupOptions, Error, ParentChoice, RestoreOptions, backup, restore};
+use podvault_scanner::{BackupOptions, ParentChoice, RestoreOptions, backup, restore};
 use podvault_store::{
-    BlobKind, ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind, Repository,
-    Snapshot, Summary, Tree,
+    BlobId, BlobKind, ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind,
+    Repository, Snapshot, Summary, Tree,
 };
 use proptest::prelude::*;
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
@@ -638,18 +638,136 @@ fn restore_refuses_entries_that_escape_the_target() {
             "link",
         ),
     ];
-    for (i, (nodes, shown)) in cases.into_iter().enumerate() {
+    for (i, (mut nodes, shown)) in cases.into_iter().enumerate() {
+        // Beside each refused entry, one the restore must still make.
+        nodes.push(plain_node(b"zz-kept", NodeKind::File));
         let snap = snapshot_with(&repo, nodes);
         let target = tmp.path().join(format!("target{i}"));
-        let err = restore(&repo, &snap, &RestoreOptions::new(&target)).expect_err("refused");
-        assert!(matches!(err, Error::UnsafeEntry { .. }), "case {i}: {err}");
-        assert!(err.to_string().contains(shown), "case {i}: {err}");
+        let report = restore(&repo, &snap, &RestoreOptions::new(&target)).expect("the rest");
+        assert_eq!(report.refused.len(), 1, "case {i}: {:?}", report.refused);
+        assert!(
+            report.refused[0].contains(shown),
+            "case {i}: {:?}",
+            report.refused
+        );
+        assert!(
+            target.join("zz-kept").is_file(),
+            "case {i}: the rest is restored"
+        );
     }
     assert_eq!(
         fs::read_dir(&outside).expect("outside").count(),
         0,
         "nothing written outside"
     );
+}
+
+#[test]
+fn restore_refuses_unusable_records_by_name_and_restores_the_rest() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    let data = b"chunk of data".to_vec();
+    let chunk = repo.blob_id(&data);
+    repo.save_blob(BlobKind::Data, chunk, &data).expect("chunk");
+    let (empty, _) = repo.save_tree(&Tree::default()).expect("tree");
+    let file = |name: &[u8], content: Vec<BlobId>, size: u64| {
+        let mut n = plain_node(name, NodeKind::File);
+        n.content = content;
+        n.size = size;
+        n
+    };
+    // A chunk longer than the chunker ever cuts (another writer's): refused on read.
+    let limit = repo.blob_limit(BlobKind::Data);
+    let big = vec![0u8; limit + 1];
+    let big_id = repo.blob_id(&big);
+    repo.save_blob(BlobKind::Data, big_id, &big)
+        .expect("oversized chunk");
+    repo.flush().expect("flush");
+    let err = repo
+        .load_blob(BlobKind::Data, &big_id)
+        .expect_err("over the limit");
+    assert!(err.to_string().contains("more than the"), "{err}");
+    let mut no_listing = plain_node(b"d-no-listing", NodeKind::Dir);
+    no_listing.subtree = None;
+    let nodes = vec![
+        file(b"a-good", vec![chunk], data.len() as u64),
+        // A content list naming a tree blob, chunks that do not add up, a missing chunk.
+        file(b"b-tree-as-data", vec![BlobId::from(empty)], 0),
+        file(b"c-short", vec![chunk], 999),
+        no_listing,
+        file(b"e-missing", vec![BlobId::from_bytes([7u8; 32])], 5),
+        file(b"f-good", vec![chunk, chunk], 2 * data.len() as u64),
+        file(b"g-oversized", vec![big_id], (limit + 1) as u64),
+    ];
+    let snap = snapshot_with(&repo, nodes);
+    let target = tmp.path().join("out");
+    let report = restore(&repo, &snap, &RestoreOptions::new(&target)).expect("the rest");
+    let refused = report.refused.join("\n");
+    for (name, why) in [
+        ("b-tree-as-data", "names tree blob"),
+        ("c-short", "hold 13 bytes but the snapshot says 999"),
+        ("d-no-listing", "without its listing"),
+        ("e-missing", "not in the index"),
+        ("g-oversized", "more than the chunker's maximum"),
+    ] {
+        assert!(
+            refused.contains(&format!("/{name}: ")) && refused.contains(why),
+            "{name}: {refused}"
+        );
+    }
+    assert_eq!(report.refused.len(), 5, "{refused}");
+    assert_eq!(fs::read(target.join("a-good")).expect("kept"), data);
+    assert_eq!(
+        fs::read(target.join("f-good")).expect("kept").len(),
+        2 * data.len()
+    );
+    assert!(!target.join("c-short").exists());
+}
+
+#[test]
+fn restore_stops_a_snapshot_whose_trees_repeat_past_its_summary_and_refuses_deep_nesting() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = new_repo(tmp.path());
+    // Each directory lists the same subtree twice (under two names), 24 levels down: 2²⁴
+    // paths from 25 distinct trees.
+    let (mut tree, _) = repo.save_tree(&Tree::default()).expect("tree");
+    for _ in 0..24 {
+        let mut a = plain_node(b"a", NodeKind::Dir);
+        a.subtree = Some(tree);
+        let mut b = plain_node(b"b", NodeKind::Dir);
+        b.subtree = Some(tree);
+        tree = repo.save_tree(&Tree { nodes: vec![a, b] }).expect("tree").0;
+    }
+    let mut top = plain_node(b"top", NodeKind::Dir);
+    top.subtree = Some(tree);
+    let snap = snapshot_with(&repo, vec![top]);
+    let err =
+        restore(&repo, &snap, &RestoreOptions::new(tmp.path().join("out"))).expect_err("bounded");
+    assert!(
+        err.to_string()
+            .contains("more entries than its summary records"),
+        "{err}"
+    );
+
+    // A chain deeper than any file system path is refused at the limit, the rest kept.
+    let (mut tree, _) = repo.save_tree(&Tree::default()).expect("tree");
+    for _ in 0..podvault_store::limits::MAX_TREE_DEPTH + 5 {
+        let mut d = plain_node(b"d", NodeKind::Dir);
+        d.subtree = Some(tree);
+        tree = repo.save_tree(&Tree { nodes: vec![d] }).expect("tree").0;
+    }
+    let mut deep = plain_node(b"deep", NodeKind::Dir);
+    deep.subtree = Some(tree);
+    let snap = snapshot_with(&repo, vec![deep, plain_node(b"kept", NodeKind::File)]);
+    let out = tmp.path().join("deep-out");
+    let report = restore(&repo, &snap, &RestoreOptions::new(&out)).expect("the rest");
+    assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+    assert!(
+        report.refused[0].contains("nested deeper than"),
+        "{:?}",
+        report.refused
+    );
+    assert!(out.join("kept").is_file());
 }
 
 #[test]

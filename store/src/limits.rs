@@ -51,3 +51,8 @@ pub const TREE_ZSTD_LEVEL: i32 = 3;
 
 /// A compressed blob is kept only when it saves at least 1/this of the raw size.
 pub const MIN_COMPRESSION_GAIN_DIVISOR: usize = 32;
+
+/// Deepest directory nesting a restore makes, below the snapshot's root: half of what a
+/// path of PATH_MAX (4096) bytes can hold at two bytes a level, so that the target's own
+/// path fits too. Deeper directories are refused by name (check reports them).
+pub const MAX_TREE_DEPTH: usize = 1024;

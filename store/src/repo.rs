@@ -436,6 +436,15 @@ impl Repository {
         &self.config
     }
 
+    /// The most plaintext bytes a blob of `kind` may hold: what the writer keeps to (the
+    /// chunker's maximum for data, the blob limit for trees), enforced by every reader.
+    pub fn blob_limit(&self, kind: BlobKind) -> usize {
+        match kind {
+            BlobKind::Data => self.config.chunker.max_bytes as usize,
+            BlobKind::Tree => crate::limits::MAX_BLOB_BYTES,
+        }
+    }
+
     /// The id of the key this repository was opened with.
     pub fn key_id(&self) -> KeyId {
         self.key_id
@@ -665,6 +674,15 @@ impl Repository {
                 format!("{} blob {} {what}", loc.kind, id.short()),
             )
         };
+        // The writer never makes a data blob longer than the chunker's maximum, nor any
+        // blob over the blob limit: a larger claim is refused before memory is taken for it.
+        let limit = self.blob_limit(loc.kind);
+        if loc.raw_len as usize > limit {
+            return Err(damaged(&format!(
+                "claims {} bytes, more than the {limit} a {} blob may hold",
+                loc.raw_len, loc.kind
+            )));
+        }
         let range = self
             .keys
             .sealer

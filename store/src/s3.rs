@@ -460,6 +460,13 @@ impl S3Backend {
         let mut restarts = 0;
         loop {
             match self.put_multipart_once(key, data.clone()).await {
+                // A completion whose answer was lost, retried: the store no longer knows the
+                // upload because it made the object. If the object is there, whole, done.
+                Err(Error::Remote {
+                    op: "CompleteMultipartUpload",
+                    transient: false,
+                    ..
+                }) if self.object_len(key).await == Some(data.len() as u64) => return Ok(()),
                 Err(Error::Remote {
                     op: op @ ("UploadPart" | "CompleteMultipartUpload"),
                     transient: false,
@@ -476,6 +483,27 @@ impl S3Backend {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The length of the object at `key`, if it exists (and the store answers).
+    async fn object_len(&self, key: &str) -> Option<u64> {
+        let found = self
+            .retry_or_miss("HEAD", key, 0, || async {
+                let out = self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                Ok(out.content_length.unwrap_or(-1))
+            })
+            .await;
+        match found {
+            Ok(Ok(len)) => u64::try_from(len).ok(),
+            _ => None,
         }
     }
 
