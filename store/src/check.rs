@@ -181,9 +181,15 @@ impl Repository {
             }
         }
 
-        // Snapshots, and every tree and blob they reference.
-        let mut checked_trees: HashSet<TreeId> = HashSet::new();
+        // Snapshots, and every tree and blob they reference: each distinct tree is read
+        // and checked once, however many snapshots and directories share it, so that a
+        // check stays linear in the repository's size even for forged trees that list one
+        // subtree many times. Damage is then traced to paths, again once per tree and
+        // snapshot.
+        let mut trees: HashMap<TreeId, TreeFacts> = HashMap::new();
         let mut missing: BTreeMap<BlobId, Vec<String>> = BTreeMap::new();
+        let mut missing_in: HashMap<TreeId, Vec<(String, BlobId)>> = HashMap::new();
+        let mut roots: Vec<(SnapshotId, TreeId)> = Vec::new();
         for (name, _) in snapshot_names {
             let snap = match SnapshotId::from_hex(&name)
                 .ok_or_else(|| crate::Error::corrupt("snapshot", name.clone(), "bad file name"))
@@ -203,54 +209,78 @@ impl Repository {
             };
             report.snapshots += 1;
             let (sid, snapshot) = snap;
-            let mut stack = vec![(snapshot.tree, String::new())];
-            while let Some((tree_id, path)) = stack.pop() {
-                // A tree already checked is skipped unless damage is known, to name files.
-                if !checked_trees.insert(tree_id) && bad_blobs.is_empty() && missing.is_empty() {
+            if snapshot.root.subtree.is_some_and(|t| t != snapshot.tree) {
+                report.problems.push(Problem {
+                    object: format!("snapshot {name}"),
+                    message: "its root's subtree and its tree differ".into(),
+                    affected: vec![],
+                });
+            }
+            roots.push((sid, snapshot.tree));
+            let mut stack = vec![(snapshot.tree, 0usize)];
+            while let Some((tree_id, depth)) = stack.pop() {
+                if trees.contains_key(&tree_id) {
                     continue;
                 }
                 report.trees += 1;
-                let tree = match self.load_tree(&tree_id) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        report.problems.push(Problem {
-                            object: format!("tree {}", tree_id.to_hex()),
-                            message: e.to_string(),
-                            affected: vec![format!("{}:{}/", sid.short(), path)],
-                        });
-                        continue;
-                    }
-                };
-                for node in &tree.nodes {
-                    let child = format!("{path}/{}", node.display_name());
-                    match node.kind {
-                        NodeKind::Dir => match node.subtree {
-                            Some(t) => stack.push((t, child)),
-                            None => report.problems.push(Problem {
-                                object: format!("tree {}", tree_id.to_hex()),
-                                message: format!("directory {child} has no subtree"),
-                                affected: vec![format!("{}:{child}", sid.short())],
-                            }),
-                        },
-                        NodeKind::File => {
-                            for blob in &node.content {
-                                let file = format!("{}:{child}", sid.short());
-                                if let Some(&idx) = bad_blobs.get(blob) {
-                                    let affected = &mut report.problems[idx].affected;
-                                    if affected.last() != Some(&file) {
-                                        affected.push(file);
-                                    }
-                                } else if self.locate(blob).map(|l| l.kind) != Some(BlobKind::Data)
-                                {
-                                    let files = missing.entry(*blob).or_default();
-                                    if files.last() != Some(&file) {
-                                        files.push(file);
-                                    }
-                                }
-                            }
+                let facts = match self.load_tree(&tree_id) {
+                    Ok(tree) => {
+                        let (facts, lost) = self.tree_facts(&tree, depth, &bad_blobs);
+                        if !lost.is_empty() {
+                            missing_in.insert(tree_id, lost);
                         }
-                        _ => {}
+                        facts
                     }
+                    Err(e) => TreeFacts::unreadable(e.to_string()),
+                };
+                for (_, child) in &facts.dirs {
+                    if !trees.contains_key(child) {
+                        stack.push((*child, depth + 1));
+                    }
+                }
+                if let Some(message) = &facts.problem {
+                    report.problems.push(Problem {
+                        object: format!("tree {}", tree_id.to_hex()),
+                        message: message.clone(),
+                        affected: vec![],
+                    });
+                }
+                trees.insert(tree_id, facts.with_problem_index(report.problems.len()));
+            }
+        }
+        let damaged = damaged_trees(&trees, &missing_in);
+        for (sid, root) in roots {
+            // Each damaged tree once per snapshot, at the first path it is met.
+            let mut seen: HashSet<TreeId> = HashSet::new();
+            let mut stack = vec![(root, String::new())];
+            while let Some((tree_id, path)) = stack.pop() {
+                if !damaged.contains(&tree_id) || !seen.insert(tree_id) {
+                    continue;
+                }
+                let Some(facts) = trees.get(&tree_id) else {
+                    continue;
+                };
+                if let Some(idx) = facts.problem_index {
+                    add_affected(
+                        &mut report.problems[idx],
+                        format!("{}:{path}/", sid.short()),
+                    );
+                }
+                for (file, idx) in &facts.damaged_files {
+                    add_affected(
+                        &mut report.problems[*idx],
+                        format!("{}:{path}/{file}", sid.short()),
+                    );
+                }
+                for (file, blob) in missing_in.get(&tree_id).into_iter().flatten() {
+                    let files = missing.entry(*blob).or_default();
+                    if files.len() < MAX_AFFECTED {
+                        files.push(format!("{}:{path}/{file}", sid.short()));
+                    }
+                }
+                // In name order: the first path named is the first in the listing.
+                for (name, child) in facts.dirs.iter().rev() {
+                    stack.push((*child, format!("{path}/{name}")));
                 }
             }
         }
@@ -262,6 +292,170 @@ impl Repository {
             });
         }
         Ok(report)
+    }
+}
+
+/// Files named per problem, at most; the count of the rest is said.
+const MAX_AFFECTED: usize = 100;
+
+fn add_affected(problem: &mut Problem, what: String) {
+    let n = problem.affected.len();
+    if n < MAX_AFFECTED && problem.affected.last() != Some(&what) {
+        problem.affected.push(what);
+    } else if n == MAX_AFFECTED {
+        problem.affected.push("(and more)".into());
+    }
+}
+
+/// What the check keeps of one tree: its subdirectories, its files whose content is
+/// damaged, and what is wrong with the tree itself.
+struct TreeFacts {
+    /// Subdirectories: name and listing.
+    dirs: Vec<(String, TreeId)>,
+    /// Files whose content lies in damaged packs: name and the problem naming the pack.
+    damaged_files: Vec<(String, usize)>,
+    /// What is wrong with the tree itself (unreadable, or entries a restore refuses).
+    problem: Option<String>,
+    /// The index of that problem in the report.
+    problem_index: Option<usize>,
+}
+
+impl TreeFacts {
+    fn unreadable(message: String) -> TreeFacts {
+        TreeFacts {
+            dirs: vec![],
+            damaged_files: vec![],
+            problem: Some(message),
+            problem_index: None,
+        }
+    }
+
+    /// Records where its problem, if any, was just pushed (`len` problems in the report).
+    fn with_problem_index(mut self, len: usize) -> TreeFacts {
+        self.problem_index = self.problem.as_ref().map(|_| len - 1);
+        self
+    }
+}
+
+/// The trees that hold damage themselves or below them (through any subdirectory).
+fn damaged_trees(
+    trees: &HashMap<TreeId, TreeFacts>,
+    missing_in: &HashMap<TreeId, Vec<(String, BlobId)>>,
+) -> HashSet<TreeId> {
+    // Parents of each tree, then every ancestor of a tree with damage of its own.
+    let mut parents: HashMap<TreeId, Vec<TreeId>> = HashMap::new();
+    for (id, facts) in trees {
+        for (_, child) in &facts.dirs {
+            parents.entry(*child).or_default().push(*id);
+        }
+    }
+    let mut damaged: HashSet<TreeId> = HashSet::new();
+    let mut stack: Vec<TreeId> = trees
+        .iter()
+        .filter(|(id, f)| {
+            f.problem.is_some() || !f.damaged_files.is_empty() || missing_in.contains_key(*id)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    while let Some(id) = stack.pop() {
+        if damaged.insert(id) {
+            stack.extend(parents.get(&id).into_iter().flatten().copied());
+        }
+    }
+    damaged
+}
+
+impl Repository {
+    /// Checks one tree for everything a restore would refuse, and finds its files whose
+    /// content is damaged (in `bad_blobs`) or missing (returned).
+    fn tree_facts(
+        &self,
+        tree: &crate::Tree,
+        depth: usize,
+        bad_blobs: &HashMap<BlobId, usize>,
+    ) -> (TreeFacts, Vec<(String, BlobId)>) {
+        let mut wrong: Vec<String> = Vec::new();
+        let mut facts = TreeFacts {
+            dirs: vec![],
+            damaged_files: vec![],
+            problem: None,
+            problem_index: None,
+        };
+        let mut missing = Vec::new();
+        let data_limit = self.blob_limit(BlobKind::Data) as u64;
+        for (i, node) in tree.nodes.iter().enumerate() {
+            let name = node.display_name();
+            if !node.has_safe_name() {
+                wrong.push(format!("entry {name:?} has a name a restore must refuse"));
+                continue;
+            }
+            if i > 0 && tree.nodes[i - 1].name >= node.name {
+                wrong.push(if tree.nodes[i - 1].name == node.name {
+                    format!("entry {name:?} appears twice")
+                } else {
+                    format!("entry {name:?} is out of order (entries are sorted by name)")
+                });
+            }
+            match node.kind {
+                NodeKind::Dir => match node.subtree {
+                    None => wrong.push(format!("directory {name:?} has no listing")),
+                    Some(_) if depth + 1 > crate::limits::MAX_TREE_DEPTH => wrong.push(format!(
+                        "directory {name:?} is nested deeper than {} levels",
+                        crate::limits::MAX_TREE_DEPTH
+                    )),
+                    Some(t) => match self.locate(&BlobId::from(t)).map(|l| l.kind) {
+                        Some(BlobKind::Data) => wrong.push(format!(
+                            "directory {name:?} names a data blob as its listing"
+                        )),
+                        _ => facts.dirs.push((name, t)),
+                    },
+                },
+                NodeKind::File => {
+                    let mut total = 0u64;
+                    let mut complete = true;
+                    for blob in &node.content {
+                        if let Some(&idx) = bad_blobs.get(blob) {
+                            facts.damaged_files.push((name.clone(), idx));
+                        }
+                        match self.locate(blob) {
+                            None => {
+                                missing.push((name.clone(), *blob));
+                                complete = false;
+                            }
+                            Some(loc) if loc.kind != BlobKind::Data => {
+                                wrong.push(format!(
+                                    "file {name:?} names tree blob {} as content",
+                                    blob.short()
+                                ));
+                                complete = false;
+                            }
+                            Some(loc) if u64::from(loc.raw_len) > data_limit => {
+                                wrong.push(format!(
+                                    "file {name:?}: chunk {} claims {} bytes, over the \
+                                     chunker's maximum {data_limit}",
+                                    blob.short(),
+                                    loc.raw_len
+                                ));
+                                complete = false;
+                            }
+                            Some(loc) => total += u64::from(loc.raw_len),
+                        }
+                    }
+                    if complete && total != node.size {
+                        wrong.push(format!(
+                            "file {name:?}: its chunks hold {total} bytes, its size says {}",
+                            node.size
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !wrong.is_empty() {
+            wrong.dedup();
+            facts.problem = Some(wrong.join("; "));
+        }
+        (facts, missing)
     }
 }
 

@@ -12,8 +12,14 @@ use podvault_testkit::{Place, fast_init, pseudo_random};
 
 /// A snapshot of one file made of `blobs` (already saved), through a one-entry tree.
 fn snapshot_of(repo: &Repository, name: &str, blobs: &[BlobId]) -> SnapshotId {
+    // The chunks in the index first, so that the file's size is theirs.
+    repo.flush().expect("flush");
     let node = Node {
         content: blobs.to_vec(),
+        size: blobs
+            .iter()
+            .map(|b| repo.locate(b).map_or(0, |l| u64::from(l.raw_len)))
+            .sum(),
         ..Node::plain(name.as_bytes(), NodeKind::File)
     };
     let tree = Tree {
@@ -320,7 +326,9 @@ fn a_prune_leaves_the_packs_of_a_running_backup_alone() {
         let (running, running_session) = open_writer(&place, "backup");
         let indexed = save(&running, 2, 300_000);
         running.flush().expect("flush");
-        let unindexed = save(&running, 3, 20_000_000);
+        // Chunks of the chunker's largest size, enough to fill a pack and have it written.
+        let unindexed = save(&running, 3, 4 << 20);
+        let rest: Vec<BlobId> = (4..9).map(|seed| save(&running, seed, 4 << 20).0).collect();
         let before = files_of(&place, FileKind::Pack);
         assert!(before >= 4, "{}: {before} packs", place.name);
 
@@ -348,7 +356,9 @@ fn a_prune_leaves_the_packs_of_a_running_backup_alone() {
         drop((other, other_session));
 
         // The running backup finishes; the next prune deletes only the garbage.
-        let kept = snapshot_of(&running, "new", &[indexed.0, unindexed.0]);
+        let mut content = vec![indexed.0, unindexed.0];
+        content.extend(&rest);
+        let kept = snapshot_of(&running, "new", &content);
         drop((running, running_session));
         let (pruner, prune_session) = open_writer(&place, "prune");
         let report = pruner
