@@ -441,15 +441,20 @@ pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
         }
         SnapshotCommand::Ls => {
             let repo = open(global)?;
-            let snaps = repo.snapshots()?;
+            let (snaps, damaged) = repo.snapshots_and_damaged()?;
             if global.json {
-                let list: Vec<_> = snaps
+                let mut list: Vec<_> = snaps
                     .iter()
                     .map(|(id, s)| serde_json::json!({ "id": id.to_hex(), "snapshot": s }))
                     .collect();
+                list.extend(
+                    damaged
+                        .iter()
+                        .map(|d| serde_json::json!({ "id": d.id.to_hex(), "damaged": d.reason })),
+                );
                 output::json(&list)?;
             } else {
-                output::list(&snaps);
+                output::list(&snaps, &damaged);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -547,8 +552,9 @@ fn forget(global: &Global, args: ForgetArgs) -> Result<ExitCode> {
         if !policy.is_empty() {
             bail!("give snapshot ids or --keep-* rules, not both");
         }
+        // By id without reading them: a damaged snapshot can be forgotten too.
         for reference in &args.ids {
-            doomed.push((repo.find_snapshot(reference)?.0, vec![]));
+            doomed.push((repo.resolve_snapshot(reference)?, vec![]));
         }
     } else {
         if policy.is_empty() {

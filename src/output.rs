@@ -97,7 +97,7 @@ pub fn created(report: &BackupReport) {
     }
 }
 
-pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
+pub fn list(snaps: &[(SnapshotId, Snapshot)], damaged: &[podvault_store::DamagedSnapshot]) {
     outln!(
         "{:<10} {:<20} {:<16} {:>10}  {:<24} tags",
         "id",
@@ -117,7 +117,17 @@ pub fn list(snaps: &[(SnapshotId, Snapshot)]) {
             s.tags.join(",")
         );
     }
+    for d in damaged {
+        outln!("{:<10} DAMAGED: {}", d.id.short(), d.reason);
+    }
     outln!("{} snapshots", snaps.len());
+    if !damaged.is_empty() {
+        outln!(
+            "{} snapshot files cannot be read: `podvault snapshot forget ID` removes one that \
+             cannot be recovered (repo prune refuses to run while they are there)",
+            damaged.len()
+        );
+    }
 }
 
 pub fn show(id: &SnapshotId, s: &Snapshot) {

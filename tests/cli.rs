@@ -653,3 +653,53 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("tls.crt"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_damaged_snapshot_is_listed_can_be_forgotten_and_stops_prune_until_then() {
+    let env = Env::new();
+    env.init();
+    let src = make_source(&env.root);
+    env.ok(&["snapshot", "create", src.to_str().expect("utf-8")]);
+    env.ok(&[
+        "snapshot",
+        "create",
+        src.to_str().expect("utf-8"),
+        "--tag",
+        "second",
+    ]);
+    // Damage the newer snapshot's file.
+    let listed = env.json(&["snapshot", "ls"]);
+    let newest = listed[1]["id"].as_str().expect("id").to_string();
+    let file = env.repo().join("snapshots").join(&newest);
+    let mut bytes = fs::read(&file).expect("snapshot file");
+    bytes[40] ^= 1;
+    fs::write(&file, bytes).expect("damage");
+
+    let out = env.ok(&["snapshot", "ls"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&newest[..8]) && l.contains("DAMAGED")),
+        "{out}"
+    );
+    assert!(out.contains("1 snapshots"), "{out}");
+    let listed = env.json(&["snapshot", "ls"]);
+    assert!(listed[1]["damaged"].is_string(), "{listed}");
+    // latest is the newest readable one; restoring it works.
+    let target = env.root.join("restored");
+    env.ok(&[
+        "snapshot",
+        "restore",
+        "latest",
+        target.to_str().expect("utf-8"),
+    ]);
+    let out = env.run(&["repo", "prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&newest) && stderr(&out).contains("snapshot forget"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&["snapshot", "forget", &newest[..8]]);
+    env.ok(&["repo", "prune"]);
+    env.ok(&["repo", "check", "--read-data"]);
+}

@@ -49,7 +49,7 @@ pub use index::BlobLocation;
 pub use maintenance::{
     KeyInfo, PruneOptions, PruneReport, RepairReport, SESSION_STALE, Session, SessionInfo,
 };
-pub use repo::{Access, Config, InitOptions, Repository, SaveOutcome};
+pub use repo::{Access, Config, DamagedSnapshot, InitOptions, Repository, SaveOutcome};
 pub use s3::{S3Backend, S3Options, open_backend, parse_s3_location};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{ChunkPrint, Node, NodeKind, PRINT_BYTES, Tree, Xattr};

@@ -972,4 +972,72 @@ mod tests {
         repo.save_snapshot(&snapshot).expect("saved");
         assert_eq!(repo.snapshots().expect("list").len(), 1);
     }
+
+    #[test]
+    fn a_garbage_snapshot_sealed_with_the_key_is_listed_forgotten_and_stops_prune() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let backend: Arc<dyn Backend> = Arc::new(DirBackend::new(tmp.path().join("repo")));
+        let options = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                ..KdfParams::default()
+            },
+            ..InitOptions::default()
+        };
+        Repository::init(backend.clone(), b"pw", &options).expect("init");
+        let (repo, session) =
+            Repository::open_session(backend.clone(), b"pw", "backup", Access::Write)
+                .expect("open");
+        let (tree, _) = repo.save_tree(&Tree::default()).expect("tree");
+        repo.flush().expect("flush");
+        let good = repo
+            .save_snapshot(&Snapshot {
+                time: chrono::Utc::now(),
+                host: "h".into(),
+                source: "/data".into(),
+                tags: vec![],
+                parent: None,
+                tree,
+                root: Node::plain(b"", NodeKind::Dir),
+                username: "u".into(),
+                program_version: "test".into(),
+                summary: Summary::default(),
+            })
+            .expect("snapshot");
+        // Bytes that are no snapshot, sealed as one with the repository's key, named by
+        // their hash: what another implementation's bug would write.
+        let garbage = repo
+            .write_raw_snapshot(b"\xa1\x61x\x01 not a snapshot")
+            .expect("forged");
+
+        // Listed as damaged, the others still listed and usable.
+        let (ok, damaged) = repo.snapshots_and_damaged().expect("list");
+        assert_eq!(ok.iter().map(|s| s.0).collect::<Vec<_>>(), [good]);
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].id, garbage);
+        assert!(
+            damaged[0].reason.contains("cannot decode"),
+            "{}",
+            damaged[0].reason
+        );
+        assert_eq!(repo.find_snapshot("latest").expect("latest").0, good);
+        // Prune refuses, saying how to go on; nothing is deleted.
+        let err = repo
+            .prune(&session, crate::PruneOptions::default())
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&garbage.to_hex()) && text.contains("snapshot forget"),
+            "{text}"
+        );
+        // Forgotten by its id, then prune runs.
+        let id = repo
+            .resolve_snapshot(&garbage.short())
+            .expect("resolved unread");
+        repo.remove_snapshot(&id).expect("forget");
+        repo.prune(&session, crate::PruneOptions::default())
+            .expect("prune");
+        assert!(repo.snapshots_and_damaged().expect("list").1.is_empty());
+    }
 }

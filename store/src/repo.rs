@@ -196,6 +196,15 @@ fn uncbor<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
 }
 
+/// A snapshot file that cannot be read: damaged, or sealed with another repository's key.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DamagedSnapshot {
+    /// Its id (the file's name).
+    pub id: SnapshotId,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
 impl Repository {
     /// Creates a new repository in an empty location, with one key for `password`.
     pub fn init(
@@ -816,17 +825,45 @@ impl Repository {
         self.backend.delete(FileKind::Snapshot, &id.to_hex())
     }
 
-    /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        self.snapshots_not_in(&HashSet::new())
+    /// Writes `plain` as a snapshot file, sealed with this repository's key, whatever it
+    /// holds: tests forge what another implementation might write.
+    #[cfg(test)]
+    pub(crate) fn write_raw_snapshot(&self, plain: &[u8]) -> Result<SnapshotId> {
+        let sealed = self.keys.sealer.seal(SNAPSHOT_AAD, plain)?;
+        let id = SnapshotId::from_bytes(*blake3::hash(&sealed).as_bytes());
+        self.backend
+            .write(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        Ok(id)
     }
 
-    /// Every snapshot but those in `known` (which are not read again), oldest first.
-    pub(crate) fn snapshots_not_in(
+    /// Every readable snapshot, oldest first. A damaged snapshot file is left out with a
+    /// warning that names it ([`Self::snapshots_and_damaged`] lists them).
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let (good, damaged) = self.snapshots_and_damaged()?;
+        for d in &damaged {
+            tracing::warn!(
+                "snapshot {} is damaged and left out: {}",
+                d.id.short(),
+                d.reason
+            );
+        }
+        Ok(good)
+    }
+
+    /// Every snapshot, oldest first, and the snapshot files that cannot be read (damaged,
+    /// or not a snapshot of this repository).
+    pub fn snapshots_and_damaged(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<DamagedSnapshot>)> {
+        self.read_snapshots(&HashSet::new())
+    }
+
+    fn read_snapshots(
         &self,
         known: &HashSet<SnapshotId>,
-    ) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<DamagedSnapshot>)> {
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
             let Some(id) = SnapshotId::from_hex(&name).filter(|id| !known.contains(id)) else {
                 continue;
@@ -835,11 +872,66 @@ impl Repository {
                 Ok(s) => out.push((id, s)),
                 // Forgotten by another process since the listing.
                 Err(Error::NotFound { .. }) => {}
+                Err(Error::Corrupt { reason, .. }) => damaged.push(DamagedSnapshot { id, reason }),
                 Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, damaged))
+    }
+
+    /// Every snapshot but those in `known` (which are not read again), oldest first. A
+    /// damaged snapshot is an error that says how to go on: whoever needs every snapshot
+    /// (prune) cannot know what data a damaged one still names.
+    pub(crate) fn snapshots_not_in(
+        &self,
+        known: &HashSet<SnapshotId>,
+    ) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let (good, damaged) = self.read_snapshots(known)?;
+        match damaged.into_iter().next() {
+            None => Ok(good),
+            Some(d) => Err(Error::corrupt(
+                "snapshot",
+                d.id.to_hex(),
+                format!(
+                    "{}; prune stops rather than delete data it may still name: if it cannot \
+                     be recovered, remove it with `podvault snapshot forget {}`, then prune again",
+                    d.reason,
+                    d.id.short()
+                ),
+            )),
+        }
+    }
+
+    /// The id of the snapshot `reference` names (`latest`, a full id or a unique prefix of
+    /// at least 4 hex digits), without reading it: a damaged snapshot can be named too.
+    pub fn resolve_snapshot(&self, reference: &str) -> Result<SnapshotId> {
+        if reference == "latest" {
+            return self.find_snapshot(reference).map(|(id, _)| id);
+        }
+        let err = |reason: &str| Error::SnapshotRef {
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        };
+        if reference.len() < 4 || !reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err("expected `latest` or at least 4 hex digits of an id"));
+        }
+        let lower = reference.to_ascii_lowercase();
+        let matches: Vec<String> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(&lower))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(err("no snapshot has this id")),
+            [one] => SnapshotId::from_hex(one).ok_or_else(|| err("bad snapshot file name")),
+            _ => Err(err(&format!(
+                "the prefix matches {} snapshots",
+                matches.len()
+            ))),
+        }
     }
 
     /// Resolves `latest`, a full id or a unique hex prefix (at least 4 digits).
@@ -854,28 +946,8 @@ impl Repository {
                 .pop()
                 .ok_or_else(|| err("the repository has no snapshots"));
         }
-        if reference.len() < 4 || !reference.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("expected `latest` or at least 4 hex digits of an id"));
-        }
-        let lower = reference.to_ascii_lowercase();
-        let matches: Vec<String> = self
-            .backend
-            .list(FileKind::Snapshot)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.starts_with(&lower))
-            .collect();
-        match matches.as_slice() {
-            [] => Err(err("no snapshot has this id")),
-            [one] => {
-                let id = SnapshotId::from_hex(one).ok_or_else(|| err("bad snapshot file name"))?;
-                Ok((id, self.load_snapshot(&id)?))
-            }
-            _ => Err(err(&format!(
-                "the prefix matches {} snapshots",
-                matches.len()
-            ))),
-        }
+        let id = self.resolve_snapshot(reference)?;
+        Ok((id, self.load_snapshot(&id)?))
     }
 
     /// The latest snapshot of `source` on `host`, if any.
