@@ -196,6 +196,9 @@ fn uncbor<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::corrupt(what, name, format!("cannot decode: {e}")))
 }
 
+/// The readable snapshots, oldest first, and the damaged ones.
+pub type SnapshotListing = (Vec<(SnapshotId, Snapshot)>, Vec<DamagedSnapshot>);
+
 /// A snapshot file that cannot be read: damaged, or sealed with another repository's key.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DamagedSnapshot {
@@ -854,14 +857,14 @@ impl Repository {
     /// or not a snapshot of this repository).
     pub fn snapshots_and_damaged(
         &self,
-    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<DamagedSnapshot>)> {
+    ) -> Result<SnapshotListing> {
         self.read_snapshots(&HashSet::new())
     }
 
     fn read_snapshots(
         &self,
         known: &HashSet<SnapshotId>,
-    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<DamagedSnapshot>)> {
+    ) -> Result<SnapshotListing> {
         let mut out = Vec::new();
         let mut damaged = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
