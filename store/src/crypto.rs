@@ -370,6 +370,20 @@ mod golden {
         }
     }
 
+    /// FORMAT.md gives the same vectors, for other implementations.
+    #[test]
+    fn the_format_document_gives_these_vectors() {
+        let doc = include_str!("../FORMAT.md");
+        for golden in [
+            GOLDEN_KEK_1_LANE,
+            GOLDEN_KEK_4_LANES,
+            GOLDEN_BLOB_ID,
+            GOLDEN_GEAR_KEY,
+        ] {
+            assert!(doc.contains(golden), "FORMAT.md lacks {golden}");
+        }
+    }
+
     const GOLDEN_KEK_1_LANE: &str =
         "611760b97bd8bee8d24105020540c51f3adaf280cef712a1bab879bbe015e4a7";
     const GOLDEN_KEK_4_LANES: &str =

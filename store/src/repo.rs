@@ -855,16 +855,11 @@ impl Repository {
 
     /// Every snapshot, oldest first, and the snapshot files that cannot be read (damaged,
     /// or not a snapshot of this repository).
-    pub fn snapshots_and_damaged(
-        &self,
-    ) -> Result<SnapshotListing> {
+    pub fn snapshots_and_damaged(&self) -> Result<SnapshotListing> {
         self.read_snapshots(&HashSet::new())
     }
 
-    fn read_snapshots(
-        &self,
-        known: &HashSet<SnapshotId>,
-    ) -> Result<SnapshotListing> {
+    fn read_snapshots(&self, known: &HashSet<SnapshotId>) -> Result<SnapshotListing> {
         let mut out = Vec::new();
         let mut damaged = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
