@@ -558,3 +558,88 @@ async fn a_node_annotation_sets_its_agents_concurrency() {
     server.done().await;
     assert_eq!(agent.concurrency, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_volume_is_restored_into_the_new_pods_own_claim_with_pod_markers() {
+    let w = world().await;
+    let src = volume(&w.agent, "uid-old", "kubernetes.io~empty-dir", "scratch");
+    fs::write(src.join("db/table"), pseudo_random(5, 300_000)).expect("write");
+    let id = w
+        .with_repo(move |r| {
+            podvault_scanner::backup(r, &podvault_scanner::BackupOptions::new(&src))
+                .expect("backup")
+                .id
+                .to_hex()
+        })
+        .await;
+    // The new pod's generic ephemeral volume: its claim db-0-scratch, bound to a CSI volume;
+    // and the markers' emptyDir the webhook added.
+    let target = volume(&w.agent, "uid-eph", "kubernetes.io~csi", "pv-eph/mount");
+    fs::remove_dir(target.join("db")).expect("empty it");
+    let markers = w
+        .agent
+        .pods_root
+        .join("uid-eph/volumes/kubernetes.io~empty-dir/podvault-restore-markers");
+    fs::create_dir_all(&markers).expect("markers volume");
+
+    let echo_pvr = serde_json::to_value(pvr("s", json!({}))).expect("json");
+    let (client, server) = ApiServer::start(vec![
+        Call::new("PATCH", format!("{PVRS}/restore-1?"))
+            .body(json!({"spec": {"node": "worker-1",
+                "pod": {"namespace": "shop-copy", "name": "db-0", "uid": "uid-eph"}}}))
+            .ok(echo_pvr.clone()),
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+            .body_check(status_is("InProgress"))
+            .ok(echo_pvr.clone()),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/shop-copy/persistentvolumeclaims/db-0-scratch",
+        )
+        .ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "db-0-scratch", "namespace": "shop-copy"},
+            "spec": {"volumeName": "pv-eph"}})),
+        Call::new("GET", "/api/v1/persistentvolumes/pv-eph").ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-eph"},
+            "spec": {"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-9"}}})),
+        Call::new("GET", "/apis/storage.k8s.io/v1/csidrivers?").ok(list("CSIDriver", vec![])),
+        Call::new(
+            "GET",
+            "/apis/podvault.io/v1alpha1/namespaces/podvault/backuprepositories/shop",
+        )
+        .ok(repository(&w.location)),
+        Call::new(
+            "GET",
+            "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
+        )
+        .ok(key_secret()),
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+            .body_check(status_is("Completed"))
+            .ok(echo_pvr),
+    ]);
+    let mut restore = pvr(&id, json!({"owner": "StatefulSet/db"}));
+    restore.spec.ephemeral = true;
+    let status = process_restore(
+        &client,
+        &w.agent,
+        &restore,
+        &restore_pod("uid-eph", "restore-wait"),
+    )
+    .await
+    .expect("process");
+    server.done().await;
+    assert_eq!(status.phase, Phase::Completed, "{status:?}");
+    assert_eq!(
+        fs::read(target.join("db/table")).expect("restored"),
+        pseudo_random(5, 300_000)
+    );
+    assert!(
+        target.join(".podvault/r-uid").is_file(),
+        "the volume's marker"
+    );
+    assert!(
+        markers.join("scratch/r-uid").is_file(),
+        "the pod's marker volume"
+    );
+}
