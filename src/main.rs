@@ -6,7 +6,7 @@
 //! | 0 | success |
 //! | 1 | error (nothing was saved, or a restore is incomplete) |
 //! | 2 | bad command line |
-//! | 3 | snapshot saved, but some files could not be read (they are listed) |
+//! | 3 | snapshot saved, but some files could not be read; or restore done but for entries whose record is unusable (they are listed) |
 
 /// `println!` for standard output that never panics: once the reader has gone (`podvault
 /// snapshot ls | head`), the rest of the output is dropped quietly and the command goes on
