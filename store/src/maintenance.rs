@@ -922,10 +922,10 @@ mod tests {
     use super::*;
     use crate::{Access, DirBackend, InitOptions, KdfParams, Node, Summary, Tree};
 
-    #[test]
-    fn a_process_whose_session_went_unrefreshed_writes_no_snapshot() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let backend: Arc<dyn Backend> = Arc::new(DirBackend::new(tmp.path().join("repo")));
+    /// A new repository under `dir` opened by a backup, and a snapshot of an empty tree
+    /// (not yet saved).
+    fn writer_and_snapshot(dir: &std::path::Path) -> (Repository, Session, Snapshot) {
+        let backend: Arc<dyn Backend> = Arc::new(DirBackend::new(dir.join("repo")));
         let options = InitOptions {
             kdf: KdfParams {
                 memory_kib: 64,
@@ -935,7 +935,7 @@ mod tests {
             ..InitOptions::default()
         };
         Repository::init(backend.clone(), b"pw", &options).expect("init");
-        let (repo, _session) =
+        let (repo, session) =
             Repository::open_session(backend, b"pw", "backup", Access::Write).expect("open");
         let (tree, _) = repo.save_tree(&Tree::default()).expect("tree");
         repo.flush().expect("flush");
@@ -951,6 +951,13 @@ mod tests {
             program_version: "test".into(),
             summary: Summary::default(),
         };
+        (repo, session, snapshot)
+    }
+
+    #[test]
+    fn a_process_whose_session_went_unrefreshed_writes_no_snapshot() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (repo, _session, snapshot) = writer_and_snapshot(tmp.path());
         // As if the store had refused every refresh for longer than the limit.
         let health = repo.session.lock().clone().expect("session");
         let Some(long_ago) =
@@ -976,35 +983,8 @@ mod tests {
     #[test]
     fn a_garbage_snapshot_sealed_with_the_key_is_listed_forgotten_and_stops_prune() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let backend: Arc<dyn Backend> = Arc::new(DirBackend::new(tmp.path().join("repo")));
-        let options = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                ..KdfParams::default()
-            },
-            ..InitOptions::default()
-        };
-        Repository::init(backend.clone(), b"pw", &options).expect("init");
-        let (repo, session) =
-            Repository::open_session(backend.clone(), b"pw", "backup", Access::Write)
-                .expect("open");
-        let (tree, _) = repo.save_tree(&Tree::default()).expect("tree");
-        repo.flush().expect("flush");
-        let good = repo
-            .save_snapshot(&Snapshot {
-                time: chrono::Utc::now(),
-                host: "h".into(),
-                source: "/data".into(),
-                tags: vec![],
-                parent: None,
-                tree,
-                root: Node::plain(b"", NodeKind::Dir),
-                username: "u".into(),
-                program_version: "test".into(),
-                summary: Summary::default(),
-            })
-            .expect("snapshot");
+        let (repo, session, snapshot) = writer_and_snapshot(tmp.path());
+        let good = repo.save_snapshot(&snapshot).expect("snapshot");
         // Bytes that are no snapshot, sealed as one with the repository's key, named by
         // their hash: what another implementation's bug would write.
         let garbage = repo
