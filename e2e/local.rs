@@ -810,10 +810,13 @@ async fn hang_ups(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
                 .await
                 .expect("request");
             tls.flush().await.expect("flush");
-            // Gone at once, or while the answers are being written; closed, or reset.
+            // Gone at once, or while the answers are being written: closed as a TLS
+            // client closes (close_notify, then FIN), or reset.
             tokio::time::sleep(Duration::from_micros(round % 4 * 300)).await;
             if round % 2 == 1 {
                 tls.get_ref().0.set_zero_linger().expect("linger");
+            } else {
+                let _ = tls.shutdown().await;
             }
             drop(tls);
         }
