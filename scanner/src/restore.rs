@@ -631,21 +631,31 @@ impl Walker<'_> {
                 self.restore_tree(path, &tree, shown, depth + 1)?;
             }
             NodeKind::File => {
-                if let Err(reason) = self.check_content(node) {
-                    self.refuse(shown, reason);
+                // A later member of a hard-link group is a link to the first, whatever
+                // content it lists.
+                let first = (node.links > 1)
+                    .then(|| self.links.get(&(node.device, node.inode)).cloned())
+                    .flatten();
+                if let Some(first) = first {
+                    self.clear(path)?;
+                    self.shared.report.lock().files += 1;
+                    std::fs::hard_link(first, path).map_err(write_err)?;
                     return Ok(());
                 }
+                let locs = match self.content_of(node) {
+                    Ok(locs) => locs,
+                    Err(reason) => {
+                        self.refuse(shown, reason);
+                        return Ok(());
+                    }
+                };
                 self.clear(path)?;
                 self.shared.report.lock().files += 1;
                 if node.links > 1 {
-                    if let Some(first) = self.links.get(&(node.device, node.inode)) {
-                        std::fs::hard_link(first, path).map_err(write_err)?;
-                        return Ok(());
-                    }
                     self.links
                         .insert((node.device, node.inode), path.to_path_buf());
                 }
-                self.queue_file(path, node)?;
+                self.queue_file(path, node, locs)?;
             }
             NodeKind::Symlink => {
                 self.clear(path)?;
@@ -663,10 +673,11 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Whether a file's content can be restored as recorded: every chunk in the index as a
-    /// data blob, adding up to the file's size.
-    fn check_content(&self, node: &Node) -> std::result::Result<(), String> {
+    /// Where a file's chunks are, if its content can be restored as recorded: every chunk
+    /// in the index as a data blob within the chunk limit, adding up to the file's size.
+    fn content_of(&self, node: &Node) -> std::result::Result<Vec<BlobLocation>, String> {
         let mut total = 0u64;
+        let mut locs = Vec::with_capacity(node.content.len());
         for id in &node.content {
             match self.repo.locate(id) {
                 None => return Err(format!("its chunk {} is not in the index", id.short())),
@@ -685,7 +696,10 @@ impl Walker<'_> {
                         self.repo.blob_limit(BlobKind::Data)
                     ));
                 }
-                Some(loc) => total += u64::from(loc.raw_len),
+                Some(loc) => {
+                    total += u64::from(loc.raw_len);
+                    locs.push(loc);
+                }
             }
         }
         if total != node.size {
@@ -694,39 +708,14 @@ impl Walker<'_> {
                 node.size
             ));
         }
-        Ok(())
+        Ok(locs)
     }
 
     /// Queues the jobs that write a file. A file that is hard-linked (so that the links can be
     /// made at once) or empty is created here; any other by the worker writing its first
     /// chunk.
-    fn queue_file(&mut self, path: &Path, node: &Node) -> Result<()> {
-        let content_err = |reason: String| Error::Content {
-            path: path.to_path_buf(),
-            source: podvault_store::Error::Corrupt {
-                what: "file",
-                name: path.display().to_string(),
-                reason,
-            },
-        };
-        let mut locs = Vec::with_capacity(node.content.len());
-        for id in &node.content {
-            let loc = self.repo.locate(id).ok_or_else(|| Error::Content {
-                path: path.to_path_buf(),
-                source: podvault_store::Error::MissingBlob {
-                    kind: BlobKind::Data,
-                    id: id.to_hex(),
-                },
-            })?;
-            locs.push(loc);
-        }
-        let total: u64 = locs.iter().map(|l| u64::from(l.raw_len)).sum();
-        if total != node.size {
-            return Err(content_err(format!(
-                "content is {total} bytes but the snapshot says {}",
-                node.size
-            )));
-        }
+    /// `locs` are the places of its chunks ([`Self::content_of`]).
+    fn queue_file(&mut self, path: &Path, node: &Node, locs: Vec<BlobLocation>) -> Result<()> {
         // A file that others link to must exist before the links; an empty one gets no chunk.
         let create_now = node.links > 1 || node.content.is_empty();
         if create_now {

@@ -698,6 +698,19 @@ fn restore_refuses_unusable_records_by_name_and_restores_the_rest() {
         file(b"e-missing", vec![BlobId::from_bytes([7u8; 32])], 5),
         file(b"f-good", vec![chunk, chunk], 2 * data.len() as u64),
         file(b"g-oversized", vec![big_id], (limit + 1) as u64),
+        // A hard-link group: the first member wins, a later one is a link whatever it lists.
+        Node {
+            links: 2,
+            device: 1,
+            inode: 5,
+            ..file(b"h-first", vec![chunk], data.len() as u64)
+        },
+        Node {
+            links: 2,
+            device: 1,
+            inode: 5,
+            ..file(b"i-link", vec![BlobId::from_bytes([8u8; 32])], 1)
+        },
     ];
     let snap = snapshot_with(&repo, nodes);
     let target = tmp.path().join("out");
@@ -722,6 +735,11 @@ fn restore_refuses_unusable_records_by_name_and_restores_the_rest() {
         2 * data.len()
     );
     assert!(!target.join("c-short").exists());
+    let (first, link) = (
+        fs::metadata(target.join("h-first")).expect("first"),
+        fs::metadata(target.join("i-link")).expect("link"),
+    );
+    assert_eq!((first.ino(), first.nlink()), (link.ino(), 2));
 }
 
 #[test]

@@ -342,13 +342,6 @@ fn damaged_trees(
     trees: &HashMap<TreeId, TreeFacts>,
     missing_in: &HashMap<TreeId, Vec<(String, BlobId)>>,
 ) -> HashSet<TreeId> {
-    // Parents of each tree, then every ancestor of a tree with damage of its own.
-    let mut parents: HashMap<TreeId, Vec<TreeId>> = HashMap::new();
-    for (id, facts) in trees {
-        for (_, child) in &facts.dirs {
-            parents.entry(*child).or_default().push(*id);
-        }
-    }
     let mut damaged: HashSet<TreeId> = HashSet::new();
     let mut stack: Vec<TreeId> = trees
         .iter()
@@ -357,6 +350,16 @@ fn damaged_trees(
         })
         .map(|(id, _)| *id)
         .collect();
+    if stack.is_empty() {
+        return damaged; // the usual case: nothing to trace
+    }
+    // Parents of each tree, then every ancestor of a tree with damage of its own.
+    let mut parents: HashMap<TreeId, Vec<TreeId>> = HashMap::new();
+    for (id, facts) in trees {
+        for (_, child) in &facts.dirs {
+            parents.entry(*child).or_default().push(*id);
+        }
+    }
     while let Some(id) = stack.pop() {
         if damaged.insert(id) {
             stack.extend(parents.get(&id).into_iter().flatten().copied());
