@@ -405,6 +405,38 @@ async fn setup(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) -> World {
     world
 }
 
+/// Waits until the webhook set its caBundle (it made its certificate) and then answers
+/// `/readyz` over TLS: it listens only after both, and on a slow machine well after.
+async fn webhook_ready(world: &World) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    world
+        .until("the webhook's caBundle", Duration::from_secs(60), |api| {
+            api.get("apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/podvault")
+                .is_some_and(|m| m["webhooks"][0]["clientConfig"]["caBundle"].is_string())
+        })
+        .await;
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        if tokio::net::TcpStream::connect(world.webhook).await.is_ok() {
+            let mut tls = webhook_tls(world).await;
+            tls.write_all(
+                b"GET /readyz HTTP/1.1\r\nhost: podvault-webhook.podvault.svc\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .expect("probe");
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            last = String::from_utf8_lossy(&answer).into_owned();
+            if last.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the webhook never became ready: {last}\n{}", world.logs());
+}
+
 type WebhookTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection to the webhook, trusting only the CA the webhook put into its
@@ -528,13 +560,7 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
     write(&old["scratch"].join("sort.tmp"), &pseudo_random(3, 300_000));
     write(&old["scratch"].join("lock"), b"");
 
-    // The webhook is ready once it made its certificate and set the caBundle.
-    world
-        .until("the webhook's caBundle", Duration::from_secs(60), |api| {
-            api.get("apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/podvault")
-                .is_some_and(|m| m["webhooks"][0]["clientConfig"]["caBundle"].is_string())
-        })
-        .await;
+    webhook_ready(&world).await;
 
     // First backup: everything is new.
     let b1 = world.backup("b1");
@@ -780,12 +806,7 @@ fn servers_outlive_clients_that_hang_up_and_an_s3_outage_mid_backup() {
 async fn hang_ups(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
     use tokio::io::AsyncWriteExt;
     let mut world = setup(s3.clone(), proxy).await;
-    world
-        .until("the webhook's caBundle", Duration::from_secs(60), |api| {
-            api.get("apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/podvault")
-                .is_some_and(|m| m["webhooks"][0]["clientConfig"]["caBundle"].is_string())
-        })
-        .await;
+    webhook_ready(&world).await;
     let review = json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "gone", "kind": {"group": "", "version": "v1", "kind": "Pod"},
