@@ -142,13 +142,7 @@ fn a_backup_whose_server_stays_away_fails_in_words_and_the_next_one_completes() 
 #[test]
 fn a_reader_that_stops_reading_ends_the_listing_quietly() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let cli = Cli {
-        binary: env!("CARGO_BIN_EXE_podvault").into(),
-        repo: tmp.path().join("repo").display().to_string(),
-        password: "pw".into(),
-        env: vec![],
-        label: "dir".into(),
-    };
+    let cli = Cli::dir(env!("CARGO_BIN_EXE_podvault"), &tmp.path().join("repo"));
     cli.init();
     let src = tmp.path().join("src");
     fs::create_dir(&src).expect("src");

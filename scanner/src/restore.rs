@@ -12,6 +12,11 @@
 //! last chunk is written; directory metadata last, deepest first, so writing children does
 //! not disturb it.
 //!
+//! Memory does not grow with the listings: each directory's listing is decoded one entry
+//! at a time from its bytes, the walk keeps at most 48 MiB of the listings above it (outer
+//! ones are read again when the walk comes back to them), and a file's chunks are planned
+//! a batch at a time however many it has.
+//!
 //! Nothing is written outside the target: every name is checked (no `/`, `..`, `.`, NUL,
 //! empty, or duplicate), entries are created relative to directories this restore made or
 //! checked to be real directories, and existing symlinks are never followed.
@@ -28,7 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 use podvault_store::{
-    BlobId, BlobKind, BlobLocation, FileKind, Node, NodeKind, PackId, Repository, Snapshot, Tree,
+    BlobId, BlobKind, BlobLocation, FileKind, Node, NodeCursor, NodeKind, PackId, Repository,
+    Snapshot, TreeId,
 };
 
 use crate::error::{Error, Result};
@@ -374,7 +380,7 @@ pub fn restore(
         reason: e.to_string(),
     })?;
     prepare_target(&target, options.overwrite)?;
-    let root = repo.load_tree(&snapshot.tree)?;
+    let (root, root_cursor) = repo.tree_listing(&snapshot.tree)?;
     let as_root = rustix::process::geteuid().is_root();
     let threads = if options.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -415,7 +421,7 @@ pub fn restore(
             });
         }
         drop(rx);
-        let (target, root, dirs) = (&target, &root, &mut dirs);
+        let (target, dirs) = (&target, &mut dirs);
         let shared = &shared;
         // The walk recurses once per directory level, down to MAX_TREE_DEPTH: it runs on a
         // thread whose stack is sized for that, whatever thread called.
@@ -437,8 +443,10 @@ pub fn restore(
                     batch_limit: FIRST_BATCH_CHUNKS,
                     entries: 0,
                     entry_limit: entry_limit(snapshot),
+                    listings: Vec::new(),
+                    listing_bytes: 0,
                 };
-                let result = w.restore_tree(target, root, "", 0);
+                let result = w.restore_tree(target, snapshot.tree, root, root_cursor, "", 0);
                 w.flush();
                 drop(tx);
                 result
@@ -528,7 +536,18 @@ struct Walker<'a> {
     entries: u64,
     /// Most entries the snapshot may expand to (see [`entry_limit`]).
     entry_limit: u64,
+    /// The listings of the directories being walked, outermost first: the tree's id and its
+    /// plaintext, which is let go (and read again when the walk comes back to it) while the
+    /// listings held pass [`LISTING_BYTES`].
+    listings: Vec<(TreeId, Option<Vec<u8>>)>,
+    /// Bytes of the listings held.
+    listing_bytes: usize,
 }
+
+/// Bytes of directory listings (tree plaintexts) the walk keeps while it walks their
+/// subdirectories: past this, outer listings are let go and read again when the walk comes
+/// back to them (see [`Walker::make_room`]).
+const LISTING_BYTES: usize = 48 * 1024 * 1024;
 
 /// Stack of the thread that walks the trees: enough for MAX_TREE_DEPTH levels of
 /// recursion, reserved, not touched, where the tree is shallow.
@@ -557,15 +576,132 @@ impl Walker<'_> {
             .push(format!("{shown}: {reason}"));
     }
 
-    fn restore_tree(&mut self, dir: &Path, tree: &Tree, rel: &str, depth: usize) -> Result<()> {
-        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-        for node in &tree.nodes {
+    /// Restores the entries of the listing `id` (whose plaintext is `plain`, read from the
+    /// start by `cursor`) into `dir`, one entry decoded at a time.
+    fn restore_tree(
+        &mut self,
+        dir: &Path,
+        id: TreeId,
+        plain: Vec<u8>,
+        mut cursor: NodeCursor,
+        rel: &str,
+        depth: usize,
+    ) -> Result<()> {
+        let level = self.listings.len();
+        self.hold(id, plain);
+        let result = self.restore_entries(dir, level, &mut cursor, rel, depth);
+        if let Some((_, Some(plain))) = self.listings.pop() {
+            self.listing_bytes -= plain.len();
+        }
+        result
+    }
+
+    /// Keeps a listing being walked.
+    fn hold(&mut self, id: TreeId, plain: Vec<u8>) {
+        self.listing_bytes += plain.len();
+        self.listings.push((id, Some(plain)));
+    }
+
+    /// Before reading a listing of `incoming` bytes: lets held listings go, outermost first,
+    /// while those held and the incoming one pass [`LISTING_BYTES`]. A listing more than
+    /// four times the incoming one is kept, so that reading it again costs at most four
+    /// times the reading it made room for, however many subdirectories it has.
+    fn make_room(&mut self, incoming: usize) {
+        for (_, held) in &mut self.listings {
+            if self.listing_bytes + incoming <= LISTING_BYTES {
+                break;
+            }
+            if held
+                .as_ref()
+                .is_some_and(|plain| plain.len() <= incoming.saturating_mul(4))
+                && let Some(plain) = held.take()
+            {
+                self.listing_bytes -= plain.len();
+            }
+        }
+    }
+
+    /// The plaintext size of a listing, as the index records it.
+    fn listing_len(&self, id: &TreeId) -> usize {
+        self.repo
+            .locate(&BlobId::from(*id))
+            .map_or(0, |loc| loc.raw_len as usize)
+    }
+
+    /// The next entry of the listing at `level`, read again if it was let go.
+    fn next_entry(
+        &mut self,
+        level: usize,
+        cursor: &mut NodeCursor,
+    ) -> std::result::Result<Option<Node>, String> {
+        let plain = match self.listings[level].1.take() {
+            Some(plain) => plain,
+            None => {
+                let id = self.listings[level].0;
+                self.make_room(self.listing_len(&id));
+                let plain = self
+                    .repo
+                    .tree_bytes(&id)
+                    .map_err(|e| format!("reading it again failed: {e}"))?;
+                self.listing_bytes += plain.len();
+                plain
+            }
+        };
+        let next = cursor.next(&plain);
+        self.listings[level].1 = Some(plain);
+        next
+    }
+
+    fn restore_entries(
+        &mut self,
+        dir: &Path,
+        level: usize,
+        cursor: &mut NodeCursor,
+        rel: &str,
+        depth: usize,
+    ) -> Result<()> {
+        // Names are sorted and unique: a duplicate follows its twin. In a listing found out
+        // of order (not one podvault writes) a twin may be anywhere: the repeated entries
+        // are then found in one pass over it.
+        let mut previous: Option<Vec<u8>> = None;
+        let mut repeated: Option<Vec<u64>> = None;
+        let mut index = 0u64;
+        loop {
+            let node = match self.next_entry(level, cursor) {
+                Ok(Some(node)) => node,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let shown = if rel.is_empty() { "/" } else { rel };
+                    self.refuse(
+                        shown,
+                        format!("its listing cannot be read past entry {index}: {e}"),
+                    );
+                    return Ok(());
+                }
+            };
+            let at = index;
+            index += 1;
             let shown = format!("{rel}/{}", node.display_name());
             if !node.has_safe_name() {
                 self.refuse(&shown, "its name could escape the target directory");
                 continue;
             }
-            if !seen.insert(&node.name) {
+            if repeated.is_none() && previous.as_ref().is_some_and(|p| *p > node.name) {
+                let (id, held) = &self.listings[level];
+                repeated = Some(match held.as_deref() {
+                    Some(plain) => podvault_store::repeated_entries(plain),
+                    None => self
+                        .repo
+                        .tree_bytes(id)
+                        .map(|plain| podvault_store::repeated_entries(&plain))
+                        .unwrap_or_default(),
+                });
+            }
+            let twice = match &repeated {
+                Some(repeated) => repeated.binary_search(&at).is_ok(),
+                None => previous.as_ref() == Some(&node.name),
+            };
+            if twice {
                 self.refuse(&shown, "the name appears twice in its directory");
                 continue;
             }
@@ -580,10 +716,20 @@ impl Walker<'_> {
                     ),
                 });
             }
+            // A file listing a quarter of its directory's listing in chunks (a file of tens
+            // of GiB) is queued with that listing let go, to be read again after it.
+            let content_bytes = node.content.len() * std::mem::size_of::<BlobId>();
+            if content_bytes >= 1 << 20
+                && let Some(plain) = self.listings[level]
+                    .1
+                    .take_if(|plain| content_bytes >= plain.len() / 4)
+            {
+                self.listing_bytes -= plain.len();
+            }
             let path = dir.join(OsStr::from_bytes(&node.name));
-            self.restore_node(&path, node, &shown, depth)?;
+            self.restore_node(&path, &node, &shown, depth)?;
+            previous = Some(node.name);
         }
-        Ok(())
     }
 
     fn restore_node(&mut self, path: &Path, node: &Node, shown: &str, depth: usize) -> Result<()> {
@@ -620,15 +766,16 @@ impl Walker<'_> {
                     );
                     return Ok(());
                 }
-                let tree = match self.repo.load_tree(&subtree) {
-                    Ok(t) => t,
+                self.make_room(self.listing_len(&subtree));
+                let (plain, cursor) = match self.repo.tree_listing(&subtree) {
+                    Ok(l) => l,
                     Err(e) => {
                         self.refuse(shown, format!("its listing cannot be read: {e}"));
                         return Ok(());
                     }
                 };
                 self.dirs.push((path.to_path_buf(), node.clone()));
-                self.restore_tree(path, &tree, shown, depth + 1)?;
+                self.restore_tree(path, subtree, plain, cursor, shown, depth + 1)?;
             }
             NodeKind::File => {
                 // A later member of a hard-link group is a link to the first, whatever
@@ -675,9 +822,13 @@ impl Walker<'_> {
 
     /// Where a file's chunks are, if its content can be restored as recorded: every chunk
     /// in the index as a data blob within the chunk limit, adding up to the file's size.
+    /// The places are kept for a file of up to [`BATCH_CHUNKS`] chunks; a larger one's are
+    /// looked up again as they are queued, batch by batch, so that its plan never holds
+    /// more than a batch.
     fn content_of(&self, node: &Node) -> std::result::Result<Vec<BlobLocation>, String> {
         let mut total = 0u64;
-        let mut locs = Vec::with_capacity(node.content.len());
+        let keep = node.content.len() <= BATCH_CHUNKS;
+        let mut locs = Vec::with_capacity(if keep { node.content.len() } else { 0 });
         for id in &node.content {
             match self.repo.locate(id) {
                 None => return Err(format!("its chunk {} is not in the index", id.short())),
@@ -698,7 +849,9 @@ impl Walker<'_> {
                 }
                 Some(loc) => {
                     total += u64::from(loc.raw_len);
-                    locs.push(loc);
+                    if keep {
+                        locs.push(loc);
+                    }
                 }
             }
         }
@@ -749,7 +902,12 @@ impl Walker<'_> {
             return Ok(());
         }
         let mut offset = 0u64;
-        for (id, loc) in node.content.iter().zip(locs) {
+        self.batch_files += 1;
+        for (i, id) in node.content.iter().enumerate() {
+            // Checked by content_of: every chunk is in the index.
+            let Some(loc) = locs.get(i).copied().or_else(|| self.repo.locate(id)) else {
+                continue;
+            };
             self.batch
                 .entry(*id)
                 .or_insert_with(|| BlobJob {
@@ -763,9 +921,12 @@ impl Walker<'_> {
                     offset,
                 });
             offset += u64::from(loc.raw_len);
+            self.batch_chunks += 1;
+            // A large file's chunks are handed over batch by batch.
+            if self.batch_chunks >= BATCH_CHUNKS {
+                self.flush();
+            }
         }
-        self.batch_chunks += node.content.len();
-        self.batch_files += 1;
         if self.batch_chunks >= self.batch_limit || self.batch_files >= BATCH_FILES {
             self.batch_limit = (self.batch_limit * 2).min(BATCH_CHUNKS);
             self.flush();

@@ -223,16 +223,10 @@ impl Repository {
                     continue;
                 }
                 report.trees += 1;
-                let facts = match self.load_tree(&tree_id) {
-                    Ok(tree) => {
-                        let (facts, lost) = self.tree_facts(&tree, depth, &bad_blobs);
-                        if !lost.is_empty() {
-                            missing_in.insert(tree_id, lost);
-                        }
-                        facts
-                    }
-                    Err(e) => TreeFacts::unreadable(e.to_string()),
-                };
+                let (facts, lost) = self.tree_facts(&tree_id, depth, &bad_blobs);
+                if !lost.is_empty() {
+                    missing_in.insert(tree_id, lost);
+                }
                 for (_, child) in &facts.dirs {
                     if !trees.contains_key(child) {
                         stack.push((*child, depth + 1));
@@ -321,15 +315,6 @@ struct TreeFacts {
 }
 
 impl TreeFacts {
-    fn unreadable(message: String) -> TreeFacts {
-        TreeFacts {
-            dirs: vec![],
-            damaged_files: vec![],
-            problem: Some(message),
-            problem_index: None,
-        }
-    }
-
     /// Records where its problem, if any, was just pushed (`len` problems in the report).
     fn with_problem_index(mut self, len: usize) -> TreeFacts {
         self.problem_index = self.problem.as_ref().map(|_| len - 1);
@@ -373,7 +358,7 @@ impl Repository {
     /// content is damaged (in `bad_blobs`) or missing (returned).
     fn tree_facts(
         &self,
-        tree: &crate::Tree,
+        tree_id: &TreeId,
         depth: usize,
         bad_blobs: &HashMap<BlobId, usize>,
     ) -> (TreeFacts, Vec<(String, BlobId)>) {
@@ -384,16 +369,28 @@ impl Repository {
             problem: None,
             problem_index: None,
         };
-        let mut missing = Vec::new();
+        let mut missing: Vec<(String, BlobId)> = Vec::new();
         let data_limit = self.blob_limit(BlobKind::Data) as u64;
-        for (i, node) in tree.nodes.iter().enumerate() {
+        // One entry decoded at a time: the check holds the listing's bytes, never all of
+        // its entries.
+        let mut previous: Option<Vec<u8>> = None;
+        let mut wrong_count = 0usize;
+        let read = self.for_each_node(tree_id, |node| {
+            let mut say = |message: String| {
+                wrong_count += 1;
+                if wrong.len() < MAX_AFFECTED {
+                    wrong.push(message);
+                }
+            };
             let name = node.display_name();
             if !node.has_safe_name() {
-                wrong.push(format!("entry {name:?} has a name a restore must refuse"));
-                continue;
+                say(format!("entry {name:?} has a name a restore must refuse"));
+                return Ok(());
             }
-            if i > 0 && tree.nodes[i - 1].name >= node.name {
-                wrong.push(if tree.nodes[i - 1].name == node.name {
+            if let Some(previous) = &previous
+                && *previous >= node.name
+            {
+                say(if *previous == node.name {
                     format!("entry {name:?} appears twice")
                 } else {
                     format!("entry {name:?} is out of order (entries are sorted by name)")
@@ -401,13 +398,13 @@ impl Repository {
             }
             match node.kind {
                 NodeKind::Dir => match node.subtree {
-                    None => wrong.push(format!("directory {name:?} has no listing")),
-                    Some(_) if depth + 1 > crate::limits::MAX_TREE_DEPTH => wrong.push(format!(
+                    None => say(format!("directory {name:?} has no listing")),
+                    Some(_) if depth + 1 > crate::limits::MAX_TREE_DEPTH => say(format!(
                         "directory {name:?} is nested deeper than {} levels",
                         crate::limits::MAX_TREE_DEPTH
                     )),
                     Some(t) => match self.locate(&BlobId::from(t)).map(|l| l.kind) {
-                        Some(BlobKind::Data) => wrong.push(format!(
+                        Some(BlobKind::Data) => say(format!(
                             "directory {name:?} names a data blob as its listing"
                         )),
                         _ => facts.dirs.push((name, t)),
@@ -417,23 +414,28 @@ impl Repository {
                     let mut total = 0u64;
                     let mut complete = true;
                     for blob in &node.content {
-                        if let Some(&idx) = bad_blobs.get(blob) {
+                        if let Some(&idx) = bad_blobs.get(blob)
+                            && facts.damaged_files.last() != Some(&(name.clone(), idx))
+                        {
                             facts.damaged_files.push((name.clone(), idx));
                         }
                         match self.locate(blob) {
                             None => {
-                                missing.push((name.clone(), *blob));
+                                // A chunk listed many times in a row is named once.
+                                if missing.last().is_none_or(|(n, b)| *n != name || b != blob) {
+                                    missing.push((name.clone(), *blob));
+                                }
                                 complete = false;
                             }
                             Some(loc) if loc.kind != BlobKind::Data => {
-                                wrong.push(format!(
+                                say(format!(
                                     "file {name:?} names tree blob {} as content",
                                     blob.short()
                                 ));
                                 complete = false;
                             }
                             Some(loc) if u64::from(loc.raw_len) > data_limit => {
-                                wrong.push(format!(
+                                say(format!(
                                     "file {name:?}: chunk {} claims {} bytes, over the \
                                      chunker's maximum {data_limit}",
                                     blob.short(),
@@ -445,7 +447,7 @@ impl Repository {
                         }
                     }
                     if complete && total != node.size {
-                        wrong.push(format!(
+                        say(format!(
                             "file {name:?}: its chunks hold {total} bytes, its size says {}",
                             node.size
                         ));
@@ -453,6 +455,15 @@ impl Repository {
                 }
                 _ => {}
             }
+            previous = Some(node.name);
+            Ok(())
+        });
+        if let Err(e) = read {
+            wrong_count += 1;
+            wrong.push(e.to_string());
+        }
+        if wrong_count > wrong.len() {
+            wrong.push(format!("and {} more", wrong_count - wrong.len()));
         }
         if !wrong.is_empty() {
             wrong.dedup();

@@ -488,14 +488,14 @@ impl Repository {
             if !used.insert(BlobId::from(tree_id)) {
                 continue;
             }
-            let tree = self.load_tree(&tree_id)?;
-            for node in &tree.nodes {
+            self.for_each_node(&tree_id, |node| {
                 match node.kind {
                     NodeKind::Dir => stack.extend(node.subtree),
-                    NodeKind::File => used.extend(node.content.iter().copied()),
+                    NodeKind::File => used.extend(node.content),
                     _ => {}
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(fresh.len())
     }

@@ -19,7 +19,8 @@ use crate::limits::{
 };
 use crate::pack::{FLAG_ZSTD, PackBuilder, PackRecord, blob_aad, parse_pack};
 use crate::{
-    BlobId, BlobKind, BlobLocation, IndexId, KeyId, PackId, Snapshot, SnapshotId, Tree, TreeId,
+    BlobId, BlobKind, BlobLocation, IndexId, KeyId, Node, NodeCursor, PackId, Snapshot, SnapshotId,
+    Tree, TreeId,
 };
 
 const INDEX_AAD: &[u8] = b"podvault index v1";
@@ -745,6 +746,30 @@ impl Repository {
     pub fn load_tree(&self, id: &TreeId) -> Result<Tree> {
         let bytes = self.load_blob(BlobKind::Tree, &BlobId::from(*id))?;
         uncbor(&bytes, "tree", &id.to_hex())
+    }
+
+    /// The plaintext of a tree, to be read entry by entry with a [`NodeCursor`]: a third
+    /// or less of the memory the decoded [`Tree`] takes.
+    pub fn tree_bytes(&self, id: &TreeId) -> Result<Vec<u8>> {
+        self.load_blob(BlobKind::Tree, &BlobId::from(*id))
+    }
+
+    /// The plaintext of a tree and a cursor at its first entry.
+    pub fn tree_listing(&self, id: &TreeId) -> Result<(Vec<u8>, NodeCursor)> {
+        let plain = self.tree_bytes(id)?;
+        let cursor = NodeCursor::new(&plain).map_err(|e| Error::corrupt("tree", id.to_hex(), e))?;
+        Ok((plain, cursor))
+    }
+
+    /// Calls `f` with each entry of a tree, in order, decoding one at a time. Entries
+    /// before one that cannot be decoded are passed to `f` before the error is returned.
+    pub fn for_each_node(&self, id: &TreeId, mut f: impl FnMut(Node) -> Result<()>) -> Result<()> {
+        let (plain, mut cursor) = self.tree_listing(id)?;
+        let corrupt = |e: String| Error::corrupt("tree", id.to_hex(), e);
+        while let Some(node) = cursor.next(&plain).map_err(corrupt)? {
+            f(node)?;
+        }
+        Ok(())
     }
 
     /// Writes a snapshot (call [`flush`](Self::flush) first) and returns its id. Fails if

@@ -189,3 +189,229 @@ pub struct Tree {
     /// The entries, sorted by `name`.
     pub nodes: Vec<Node>,
 }
+
+/// Reads a tree's entries one at a time from its plaintext, so that a reader holds the
+/// listing's bytes but never all of its entries decoded at once. The cursor keeps only a
+/// position: the plaintext may be dropped between entries and read again (see
+/// [`Repository::tree_bytes`](crate::Repository::tree_bytes)), as long as it is the same.
+#[derive(Clone, Debug)]
+pub struct NodeCursor {
+    /// Where the next entry (or the array's end) starts.
+    offset: usize,
+    /// Entries left in a definite-length array; `None` for an indefinite one.
+    left: Option<u64>,
+    done: bool,
+}
+
+impl NodeCursor {
+    /// Finds the entries of a tree's plaintext (`{"nodes": [...]}`; other keys before them
+    /// are skipped). The error says what is wrong with the plaintext.
+    pub fn new(plain: &[u8]) -> std::result::Result<NodeCursor, String> {
+        use ciborium_ll::Header;
+        let empty = |offset| NodeCursor {
+            offset,
+            left: Some(0),
+            done: true,
+        };
+        let mut at = 0usize;
+        let keys = match header(plain, &mut at)? {
+            Header::Map(n) => n,
+            other => return Err(format!("a tree is a map, not {other:?}")),
+        };
+        let mut seen = 0usize;
+        loop {
+            // No "nodes": an empty listing, as the decoder of a whole tree reads it.
+            if keys.is_some_and(|n| seen >= n)
+                || (keys.is_none() && header(plain, &mut at.clone())? == Header::Break)
+            {
+                return Ok(empty(at));
+            }
+            seen += 1;
+            let key: String = decode(plain, &mut at).map_err(|e| format!("a tree's key: {e}"))?;
+            if key == "nodes" {
+                return match header(plain, &mut at)? {
+                    Header::Array(n) => Ok(NodeCursor {
+                        offset: at,
+                        left: n.map(|n| n as u64),
+                        done: false,
+                    }),
+                    other => Err(format!("a tree's nodes are an array, not {other:?}")),
+                };
+            }
+            decode::<serde::de::IgnoredAny>(plain, &mut at)?;
+        }
+    }
+
+    /// The next entry, or `None` after the last. `plain` must be the plaintext the cursor
+    /// was made from.
+    pub fn next(&mut self, plain: &[u8]) -> std::result::Result<Option<Node>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.left {
+            Some(0) => {
+                self.done = true;
+                return Ok(None);
+            }
+            Some(n) => self.left = Some(n - 1),
+            None => {
+                let mut at = self.offset;
+                if header(plain, &mut at)? == ciborium_ll::Header::Break {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+        }
+        let node = decode::<Node>(plain, &mut self.offset).inspect_err(|_| self.done = true)?;
+        Ok(Some(node))
+    }
+}
+
+/// The positions (0-based, ascending) of the entries of a listing whose name an earlier entry
+/// already has: what a reader leaves out of a listing that is not sorted, where a twin may be
+/// anywhere. Names are compared by a 128-bit hash; the memory is 24 bytes an entry, given
+/// back on return. Entries past one that cannot be decoded are not looked at.
+pub fn repeated_entries(plain: &[u8]) -> Vec<u64> {
+    let mut names: Vec<(u128, u64)> = Vec::new();
+    if let Ok(mut cursor) = NodeCursor::new(plain) {
+        while let Ok(Some(node)) = cursor.next(plain) {
+            let at = names.len() as u64;
+            names.push((xxhash_rust::xxh3::xxh3_128(&node.name), at));
+        }
+    }
+    names.sort_unstable();
+    let mut repeated: Vec<u64> = names
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[1].1)
+        .collect();
+    repeated.sort_unstable();
+    repeated
+}
+
+/// The CBOR item at `*at`, decoded as a `T`, moving `*at` past it.
+fn decode<T: serde::de::DeserializeOwned>(
+    plain: &[u8],
+    at: &mut usize,
+) -> std::result::Result<T, String> {
+    let mut rest = plain.get(*at..).ok_or("the listing ends early")?;
+    let item = ciborium::from_reader(&mut rest).map_err(|e| format!("cannot decode: {e}"))?;
+    *at = plain.len() - rest.len();
+    Ok(item)
+}
+
+/// The CBOR header at `*at`, moving `*at` past it.
+fn header(plain: &[u8], at: &mut usize) -> std::result::Result<ciborium_ll::Header, String> {
+    let rest = plain.get(*at..).ok_or("the listing ends early")?;
+    let mut decoder = ciborium_ll::Decoder::from(rest);
+    let header = decoder
+        .pull()
+        .map_err(|e| format!("cannot decode: {e:?}"))?;
+    *at += decoder.offset();
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> Vec<Node> {
+        names
+            .iter()
+            .map(|n| Node::plain(n.as_bytes(), NodeKind::File))
+            .collect()
+    }
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).expect("cbor");
+        out
+    }
+
+    fn read_all(plain: &[u8]) -> (Vec<Node>, Option<String>) {
+        let mut cursor = match NodeCursor::new(plain) {
+            Ok(c) => c,
+            Err(e) => return (vec![], Some(e)),
+        };
+        let mut got = Vec::new();
+        loop {
+            match cursor.next(plain) {
+                Ok(Some(node)) => got.push(node),
+                Ok(None) => return (got, None),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_cursor_reads_what_the_whole_decoder_reads() {
+        let tree = Tree {
+            nodes: nodes(&["a", "b", "c"]),
+        };
+        let (got, err) = read_all(&cbor(&tree));
+        assert_eq!((got, err), (tree.nodes, None));
+        // Empty listings, and a map without "nodes", are empty.
+        assert_eq!(read_all(&cbor(&Tree::default())), (vec![], None));
+        assert_eq!(
+            read_all(&cbor(&std::collections::BTreeMap::<String, u8>::new())),
+            (vec![], None)
+        );
+    }
+
+    #[test]
+    fn indefinite_lengths_and_other_keys_as_another_writer_may_encode_them() {
+        let mut plain = vec![0xbf]; // map, indefinite length
+        plain.extend(cbor(&"comment"));
+        plain.extend(cbor(&vec!["ignored", "value"]));
+        plain.extend(cbor(&"nodes"));
+        plain.push(0x9f); // array, indefinite length
+        for node in nodes(&["x", "y"]) {
+            plain.extend(cbor(&node));
+        }
+        plain.extend([0xff, 0xff]);
+        let (got, err) = read_all(&plain);
+        assert_eq!(err, None);
+        assert_eq!(got, nodes(&["x", "y"]));
+        // An indefinite map without "nodes".
+        assert_eq!(read_all(&[0xbf, 0xff]), (vec![], None));
+    }
+
+    #[test]
+    fn entries_before_damage_are_read_and_the_damage_is_said() {
+        let plain = cbor(&Tree {
+            nodes: nodes(&["a", "b", "c"]),
+        });
+        // Cut inside the last entry: the first two are read.
+        let (got, err) = read_all(&plain[..plain.len() - 5]);
+        assert_eq!(got, nodes(&["a", "b"]));
+        assert!(err.is_some_and(|e| e.contains("cannot decode")));
+        // Not a map, nodes not an array, a key that is not text, nothing at all.
+        for bad in [
+            cbor(&vec![1u8]),
+            cbor(&std::collections::BTreeMap::from([("nodes", 1u8)])),
+            cbor(&std::collections::BTreeMap::from([(1u8, 1u8)])),
+            vec![],
+        ] {
+            let (got, err) = read_all(&bad);
+            assert!(got.is_empty() && err.is_some(), "{bad:?}");
+        }
+        // An entry that is not a node.
+        let mut plain = vec![0xa1];
+        plain.extend(cbor(&"nodes"));
+        plain.extend(cbor(&vec![7u8]));
+        let (got, err) = read_all(&plain);
+        assert!(got.is_empty() && err.is_some());
+    }
+
+    #[test]
+    fn repeated_entries_are_found_wherever_they_are() {
+        let plain = cbor(&Tree {
+            nodes: nodes(&["b", "a", "c", "a", "b", "b"]),
+        });
+        assert_eq!(repeated_entries(&plain), vec![3, 4, 5]);
+        let plain = cbor(&Tree {
+            nodes: nodes(&["a", "b"]),
+        });
+        assert!(repeated_entries(&plain).is_empty());
+    }
+}

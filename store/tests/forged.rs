@@ -5,32 +5,16 @@
 use std::sync::Arc;
 
 use podvault_store::{
-    BlobId, BlobKind, CheckOptions, DirBackend, Node, NodeKind, Repository, Snapshot, Summary,
-    Tree, TreeId,
+    BlobId, BlobKind, CheckOptions, DirBackend, Node, NodeKind, Repository, Summary, Tree, TreeId,
 };
-use podvault_testkit::fast_init;
+use podvault_testkit::{fast_init, forged_snapshot};
 
 fn repo(dir: &std::path::Path) -> Repository {
     Repository::init(Arc::new(DirBackend::new(dir)), b"pw", &fast_init()).expect("init")
 }
 
 fn snapshot(repo: &Repository, tree: TreeId) {
-    repo.flush().expect("flush");
-    let mut root = Node::plain(b"", NodeKind::Dir);
-    root.subtree = Some(tree);
-    repo.save_snapshot(&Snapshot {
-        time: chrono::Utc::now(),
-        host: "forger".into(),
-        source: "/forged".into(),
-        tags: vec![],
-        parent: None,
-        tree,
-        root,
-        username: "forger".into(),
-        program_version: "other".into(),
-        summary: Summary::default(),
-    })
-    .expect("snapshot");
+    forged_snapshot(repo, tree, Summary::default());
 }
 
 fn dir(name: &[u8], tree: TreeId) -> Node {

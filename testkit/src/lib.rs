@@ -315,6 +315,33 @@ pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
     out
 }
 
+/// Writes a snapshot of `tree` as another implementation of the format could (flushing the
+/// repository first): host "forger", the root a directory of mode 0755.
+pub fn forged_snapshot(
+    repo: &podvault_store::Repository,
+    tree: podvault_store::TreeId,
+    summary: podvault_store::Summary,
+) -> podvault_store::SnapshotId {
+    use podvault_store::{Node, NodeKind, Snapshot};
+    repo.flush().expect("flush");
+    let mut root = Node::plain(b"", NodeKind::Dir);
+    root.mode = 0o755;
+    root.subtree = Some(tree);
+    repo.save_snapshot(&Snapshot {
+        time: chrono::Utc::now(),
+        host: "forger".into(),
+        source: "/forged".into(),
+        tags: vec![],
+        parent: None,
+        tree,
+        root,
+        username: "forger".into(),
+        program_version: "other".into(),
+        summary,
+    })
+    .expect("snapshot")
+}
+
 /// Repository options with a cheap key derivation, for tests.
 pub fn fast_init() -> podvault_store::InitOptions {
     podvault_store::InitOptions {
@@ -342,6 +369,17 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The `podvault` binary at `binary` on a repository directory, password "pw".
+    pub fn dir(binary: &str, repo: &Path) -> Cli {
+        Cli {
+            binary: binary.into(),
+            repo: repo.display().to_string(),
+            password: "pw".into(),
+            env: vec![],
+            label: "dir".into(),
+        }
+    }
+
     /// A command with the repository, password and environment set and no stdin.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.binary);
