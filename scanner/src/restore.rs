@@ -13,9 +13,10 @@
 //! not disturb it.
 //!
 //! Memory does not grow with the listings: each directory's listing is decoded one entry
-//! at a time from its bytes, the walk keeps at most 48 MiB of the listings above it (outer
-//! ones are read again when the walk comes back to them), and a file's chunks are planned
-//! a batch at a time however many it has.
+//! at a time from its bytes (a file's long list of chunk ids is read from there, never
+//! copied), the walk keeps at most 48 MiB of the listings above it (outer ones are read
+//! again when the walk comes back to them), and a file's chunks are planned a batch at a
+//! time however many it has.
 //!
 //! Nothing is written outside the target: every name is checked (no `/`, `..`, `.`, NUL,
 //! empty, or duplicate), entries are created relative to directories this restore made or
@@ -33,8 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 use podvault_store::{
-    BlobId, BlobKind, BlobLocation, FileKind, Node, NodeCursor, NodeKind, PackId, Repository,
-    Snapshot, TreeId,
+    BlobId, BlobKind, BlobLocation, Entry, FileKind, Node, NodeCursor, NodeKind, PackId,
+    Repository, Snapshot, TreeId,
 };
 
 use crate::error::{Error, Result};
@@ -633,7 +634,7 @@ impl Walker<'_> {
         &mut self,
         level: usize,
         cursor: &mut NodeCursor,
-    ) -> std::result::Result<Option<Node>, String> {
+    ) -> std::result::Result<Option<Entry>, String> {
         let plain = match self.listings[level].1.take() {
             Some(plain) => plain,
             None => {
@@ -647,7 +648,7 @@ impl Walker<'_> {
                 plain
             }
         };
-        let next = cursor.next(&plain);
+        let next = cursor.next_entry(&plain);
         self.listings[level].1 = Some(plain);
         next
     }
@@ -667,8 +668,8 @@ impl Walker<'_> {
         let mut repeated: Option<Vec<u64>> = None;
         let mut index = 0u64;
         loop {
-            let node = match self.next_entry(level, cursor) {
-                Ok(Some(node)) => node,
+            let entry = match self.next_entry(level, cursor) {
+                Ok(Some(entry)) => entry,
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     let shown = if rel.is_empty() { "/" } else { rel };
@@ -681,6 +682,7 @@ impl Walker<'_> {
             };
             let at = index;
             index += 1;
+            let node = &entry.node;
             let shown = format!("{rel}/{}", node.display_name());
             if !node.has_safe_name() {
                 self.refuse(&shown, "its name could escape the target directory");
@@ -716,23 +718,38 @@ impl Walker<'_> {
                     ),
                 });
             }
-            // A file listing a quarter of its directory's listing in chunks (a file of tens
-            // of GiB) is queued with that listing let go, to be read again after it.
-            let content_bytes = node.content.len() * std::mem::size_of::<BlobId>();
-            if content_bytes >= 1 << 20
-                && let Some(plain) = self.listings[level]
-                    .1
-                    .take_if(|plain| content_bytes >= plain.len() / 4)
-            {
-                self.listing_bytes -= plain.len();
-            }
             let path = dir.join(OsStr::from_bytes(&node.name));
-            self.restore_node(&path, &node, &shown, depth)?;
-            previous = Some(node.name);
+            // A file whose chunk ids were left in the listing reads them from it.
+            let plain = if entry.chunks_in_place() {
+                self.listings[level].1.take()
+            } else {
+                None
+            };
+            let restored = self.restore_node(
+                &path,
+                &entry,
+                plain.as_deref().unwrap_or_default(),
+                &shown,
+                depth,
+            );
+            if plain.is_some() {
+                self.listings[level].1 = plain;
+            }
+            restored?;
+            previous = Some(entry.node.name);
         }
     }
 
-    fn restore_node(&mut self, path: &Path, node: &Node, shown: &str, depth: usize) -> Result<()> {
+    /// Restores one entry; `plain` is its listing when its chunk ids were left there.
+    fn restore_node(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        plain: &[u8],
+        shown: &str,
+        depth: usize,
+    ) -> Result<()> {
+        let node = &entry.node;
         let write_err = |source: std::io::Error| Error::Write {
             path: path.to_path_buf(),
             source,
@@ -789,7 +806,7 @@ impl Walker<'_> {
                     std::fs::hard_link(first, path).map_err(write_err)?;
                     return Ok(());
                 }
-                let locs = match self.content_of(node) {
+                let locs = match self.content_of(entry, plain) {
                     Ok(locs) => locs,
                     Err(reason) => {
                         self.refuse(shown, reason);
@@ -802,7 +819,7 @@ impl Walker<'_> {
                     self.links
                         .insert((node.device, node.inode), path.to_path_buf());
                 }
-                self.queue_file(path, node, locs)?;
+                self.queue_file(path, entry, plain, locs)?;
             }
             NodeKind::Symlink => {
                 self.clear(path)?;
@@ -825,12 +842,18 @@ impl Walker<'_> {
     /// The places are kept for a file of up to [`BATCH_CHUNKS`] chunks; a larger one's are
     /// looked up again as they are queued, batch by batch, so that its plan never holds
     /// more than a batch.
-    fn content_of(&self, node: &Node) -> std::result::Result<Vec<BlobLocation>, String> {
+    /// `plain` is the entry's listing when its chunk ids were left there.
+    fn content_of(
+        &self,
+        entry: &Entry,
+        plain: &[u8],
+    ) -> std::result::Result<Vec<BlobLocation>, String> {
         let mut total = 0u64;
-        let keep = node.content.len() <= BATCH_CHUNKS;
-        let mut locs = Vec::with_capacity(if keep { node.content.len() } else { 0 });
-        for id in &node.content {
-            match self.repo.locate(id) {
+        let count = entry.chunk_count();
+        let keep = count <= BATCH_CHUNKS;
+        let mut locs = Vec::with_capacity(if keep { count } else { 0 });
+        for id in entry.chunks(plain) {
+            match self.repo.locate(&id) {
                 None => return Err(format!("its chunk {} is not in the index", id.short())),
                 Some(loc) if loc.kind != BlobKind::Data => {
                     return Err(format!(
@@ -855,10 +878,10 @@ impl Walker<'_> {
                 }
             }
         }
-        if total != node.size {
+        if total != entry.node.size {
             return Err(format!(
                 "its chunks hold {total} bytes but the snapshot says {}",
-                node.size
+                entry.node.size
             ));
         }
         Ok(locs)
@@ -867,10 +890,19 @@ impl Walker<'_> {
     /// Queues the jobs that write a file. A file that is hard-linked (so that the links can be
     /// made at once) or empty is created here; any other by the worker writing its first
     /// chunk.
-    /// `locs` are the places of its chunks ([`Self::content_of`]).
-    fn queue_file(&mut self, path: &Path, node: &Node, locs: Vec<BlobLocation>) -> Result<()> {
+    /// `locs` are the places of its chunks ([`Self::content_of`]), `plain` its listing when
+    /// its chunk ids were left there.
+    fn queue_file(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        plain: &[u8],
+        locs: Vec<BlobLocation>,
+    ) -> Result<()> {
+        let node = &entry.node;
+        let count = entry.chunk_count();
         // A file that others link to must exist before the links; an empty one gets no chunk.
-        let create_now = node.links > 1 || node.content.is_empty();
+        let create_now = node.links > 1 || count == 0;
         if create_now {
             create_new(path).map_err(|source| Error::Write {
                 path: path.to_path_buf(),
@@ -892,26 +924,26 @@ impl Walker<'_> {
                 xattrs: node.xattrs.clone(),
                 ..Node::plain(b"", NodeKind::File)
             },
-            chunks_left: AtomicUsize::new(node.content.len()),
+            chunks_left: AtomicUsize::new(count),
             failed: AtomicBool::new(false),
             created: Mutex::new(create_now),
             writing: Mutex::new(()),
         });
-        if node.content.is_empty() {
+        if count == 0 {
             self.shared.file_done(&state, None);
             return Ok(());
         }
         let mut offset = 0u64;
         self.batch_files += 1;
-        for (i, id) in node.content.iter().enumerate() {
+        for (i, id) in entry.chunks(plain).enumerate() {
             // Checked by content_of: every chunk is in the index.
-            let Some(loc) = locs.get(i).copied().or_else(|| self.repo.locate(id)) else {
+            let Some(loc) = locs.get(i).copied().or_else(|| self.repo.locate(&id)) else {
                 continue;
             };
             self.batch
-                .entry(*id)
+                .entry(id)
                 .or_insert_with(|| BlobJob {
-                    id: *id,
+                    id,
                     loc,
                     targets: Vec::new(),
                 })

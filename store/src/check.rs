@@ -375,7 +375,8 @@ impl Repository {
         // its entries.
         let mut previous: Option<Vec<u8>> = None;
         let mut wrong_count = 0usize;
-        let read = self.for_each_node(tree_id, |node| {
+        let read = self.for_each_entry(tree_id, |entry, plain| {
+            let node = &entry.node;
             let mut say = |message: String| {
                 wrong_count += 1;
                 if wrong.len() < MAX_AFFECTED {
@@ -413,7 +414,8 @@ impl Repository {
                 NodeKind::File => {
                     let mut total = 0u64;
                     let mut complete = true;
-                    for blob in &node.content {
+                    for blob in entry.chunks(plain) {
+                        let blob = &blob;
                         if let Some(&idx) = bad_blobs.get(blob)
                             && facts.damaged_files.last() != Some(&(name.clone(), idx))
                         {
@@ -455,7 +457,7 @@ impl Repository {
                 }
                 _ => {}
             }
-            previous = Some(node.name);
+            previous = Some(entry.node.name);
             Ok(())
         });
         if let Err(e) = read {

@@ -53,7 +53,8 @@ pub use repo::{Access, Config, DamagedSnapshot, InitOptions, Repository, SaveOut
 pub use s3::{S3Backend, S3Options, open_backend, parse_s3_location};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{
-    ChunkPrint, Node, NodeCursor, NodeKind, PRINT_BYTES, Tree, Xattr, repeated_entries,
+    ChunkPrint, Chunks, Entry, Node, NodeCursor, NodeKind, PRINT_BYTES, Tree, Xattr,
+    repeated_entries,
 };
 
 /// What a blob holds: file content, or a serialized [`Tree`].

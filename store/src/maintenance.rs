@@ -488,10 +488,10 @@ impl Repository {
             if !used.insert(BlobId::from(tree_id)) {
                 continue;
             }
-            self.for_each_node(&tree_id, |node| {
-                match node.kind {
-                    NodeKind::Dir => stack.extend(node.subtree),
-                    NodeKind::File => used.extend(node.content),
+            self.for_each_entry(&tree_id, |entry, plain| {
+                match entry.node.kind {
+                    NodeKind::Dir => stack.extend(entry.node.subtree),
+                    NodeKind::File => used.extend(entry.chunks(plain)),
                     _ => {}
                 }
                 Ok(())

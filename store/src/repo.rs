@@ -18,9 +18,10 @@ use crate::limits::{
     PACK_TARGET_BYTES, TREE_PACK_TARGET_BYTES, TREE_ZSTD_LEVEL,
 };
 use crate::pack::{FLAG_ZSTD, PackBuilder, PackRecord, blob_aad, parse_pack};
+use crate::tree::Entry;
 use crate::{
-    BlobId, BlobKind, BlobLocation, IndexId, KeyId, Node, NodeCursor, PackId, Snapshot, SnapshotId,
-    Tree, TreeId,
+    BlobId, BlobKind, BlobLocation, IndexId, KeyId, NodeCursor, PackId, Snapshot, SnapshotId, Tree,
+    TreeId,
 };
 
 const INDEX_AAD: &[u8] = b"podvault index v1";
@@ -761,13 +762,18 @@ impl Repository {
         Ok((plain, cursor))
     }
 
-    /// Calls `f` with each entry of a tree, in order, decoding one at a time. Entries
-    /// before one that cannot be decoded are passed to `f` before the error is returned.
-    pub fn for_each_node(&self, id: &TreeId, mut f: impl FnMut(Node) -> Result<()>) -> Result<()> {
+    /// Calls `f` with each entry of a tree, in order, decoding one at a time, and the
+    /// listing's bytes (for [`Entry::chunks`]). Entries before one that cannot be decoded
+    /// are passed to `f` before the error is returned.
+    pub fn for_each_entry(
+        &self,
+        id: &TreeId,
+        mut f: impl FnMut(Entry, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let (plain, mut cursor) = self.tree_listing(id)?;
         let corrupt = |e: String| Error::corrupt("tree", id.to_hex(), e);
-        while let Some(node) = cursor.next(&plain).map_err(corrupt)? {
-            f(node)?;
+        while let Some(entry) = cursor.next_entry(&plain).map_err(corrupt)? {
+            f(entry, &plain)?;
         }
         Ok(())
     }

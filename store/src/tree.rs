@@ -245,27 +245,222 @@ impl NodeCursor {
     /// The next entry, or `None` after the last. `plain` must be the plaintext the cursor
     /// was made from.
     pub fn next(&mut self, plain: &[u8]) -> std::result::Result<Option<Node>, String> {
-        if self.done {
+        if self.at_end(plain)? {
             return Ok(None);
         }
+        let node = decode::<Node>(plain, &mut self.offset).inspect_err(|_| self.done = true)?;
+        Ok(Some(node))
+    }
+
+    /// Whether the listing has no more entries; counts the one about to be read if not.
+    fn at_end(&mut self, plain: &[u8]) -> std::result::Result<bool, String> {
+        if self.done {
+            return Ok(true);
+        }
         match self.left {
-            Some(0) => {
-                self.done = true;
-                return Ok(None);
-            }
+            Some(0) => self.done = true,
             Some(n) => self.left = Some(n - 1),
             None => {
                 let mut at = self.offset;
                 if header(plain, &mut at)? == ciborium_ll::Header::Break {
                     self.done = true;
-                    return Ok(None);
                 }
             }
         }
-        let node = decode::<Node>(plain, &mut self.offset).inspect_err(|_| self.done = true)?;
-        Ok(Some(node))
+        Ok(self.done)
+    }
+
+    /// As [`next`](Self::next), but in a large listing a file's long list of chunk ids is
+    /// left in place (see [`Entry::chunks`]): the entry then costs a few hundred bytes
+    /// however many chunks it lists.
+    pub fn next_entry(&mut self, plain: &[u8]) -> std::result::Result<Option<Entry>, String> {
+        if self.at_end(plain)? {
+            return Ok(None);
+        }
+        let start = self.offset;
+        let long = (plain.len() >= IN_PLACE_LISTING_BYTES)
+            .then(|| long_lists(plain, start))
+            .flatten();
+        let Some(long) = long else {
+            let node = decode::<Node>(plain, &mut self.offset).inspect_err(|_| self.done = true)?;
+            return Ok(Some(Entry { node, place: None }));
+        };
+        // The entry without its long lists: both replaced by empty ones, the rest as is.
+        let mut lean = Vec::new();
+        let mut at = start;
+        for (range, empty) in [(long.content.clone(), 0x80u8), (long.prints.clone(), 0x40)] {
+            if let Some(range) = range {
+                lean.extend_from_slice(&plain[at..range.start]);
+                lean.push(empty);
+                at = range.end;
+            }
+        }
+        lean.extend_from_slice(&plain[at..long.end]);
+        self.offset = long.end;
+        let node = decode::<Node>(&lean, &mut 0).inspect_err(|_| self.done = true)?;
+        Ok(Some(Entry {
+            node,
+            place: Some(ContentPlace {
+                offset: long.content.map_or(0, |r| r.start + long.ids_header),
+                count: long.count,
+            }),
+        }))
     }
 }
+
+/// Where an entry's long lists lie: the whole value of "content" and of "prints" (byte
+/// ranges in the listing), the header bytes before the first id, how many ids, and where
+/// the entry ends.
+struct LongLists {
+    content: Option<std::ops::Range<usize>>,
+    prints: Option<std::ops::Range<usize>>,
+    ids_header: usize,
+    count: usize,
+    end: usize,
+}
+
+/// Looks through the entry at `start` (a map): `Some` if its "content" is a definite
+/// array of more than [`IDS_IN_PLACE`] 32-byte ids, each with the two-byte header a
+/// writer uses, and its keys are text. Anything else is left to the whole decoder.
+fn long_lists(plain: &[u8], start: usize) -> Option<LongLists> {
+    use ciborium_ll::Header;
+    let mut at = start;
+    let Ok(Header::Map(Some(keys))) = header(plain, &mut at) else {
+        return None;
+    };
+    let mut long = LongLists {
+        content: None,
+        prints: None,
+        ids_header: 0,
+        count: 0,
+        end: 0,
+    };
+    for _ in 0..keys {
+        let key: String = decode(plain, &mut at).ok()?;
+        let value = at;
+        match key.as_str() {
+            "content" => {
+                let Ok(Header::Array(Some(count))) = header(plain, &mut at) else {
+                    return None;
+                };
+                long.ids_header = at - value;
+                for _ in 0..count {
+                    if plain.get(at..at + 2)? != [0x58, 0x20] || plain.len() < at + 34 {
+                        return None;
+                    }
+                    at += 34;
+                }
+                long.count = count;
+                long.content = Some(value..at);
+            }
+            "prints" => {
+                decode::<serde::de::IgnoredAny>(plain, &mut at).ok()?;
+                long.prints = Some(value..at);
+            }
+            _ => {
+                decode::<serde::de::IgnoredAny>(plain, &mut at).ok()?;
+            }
+        }
+    }
+    long.end = at;
+    // Ranges in order, content first: as podvault writes them (struct field order).
+    let in_order = match (&long.content, &long.prints) {
+        (Some(c), Some(p)) => c.end <= p.start,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    (long.count > IDS_IN_PLACE && in_order).then_some(long)
+}
+
+/// One entry read by a [`NodeCursor`]: the node and, for a file of many chunks in a large
+/// listing, where its chunk ids lie in the listing's bytes (then `node.content` and
+/// `node.prints` are left empty, so that the ids are not held twice).
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entry, without its chunk ids when they are left in place.
+    pub node: Node,
+    place: Option<ContentPlace>,
+}
+
+/// Where a file's chunk ids lie in a listing's bytes: the offset of the first one's CBOR
+/// header (each is a 32-byte byte string, already checked) and how many there are.
+#[derive(Clone, Copy, Debug)]
+struct ContentPlace {
+    offset: usize,
+    count: usize,
+}
+
+impl Entry {
+    /// Whether the chunk ids were left in the listing's bytes: [`chunks`](Self::chunks)
+    /// then needs them.
+    pub fn chunks_in_place(&self) -> bool {
+        self.place.is_some()
+    }
+
+    /// How many chunks the file lists.
+    pub fn chunk_count(&self) -> usize {
+        self.place.map_or(self.node.content.len(), |p| p.count)
+    }
+
+    /// The file's chunk ids, in order. `plain` must be the listing the entry was read from.
+    pub fn chunks<'a>(&'a self, plain: &'a [u8]) -> Chunks<'a> {
+        match self.place {
+            None => Chunks::Listed(self.node.content.iter()),
+            Some(place) => Chunks::InPlace {
+                plain,
+                offset: place.offset,
+                left: place.count,
+            },
+        }
+    }
+}
+
+/// The chunk ids of an [`Entry`].
+pub enum Chunks<'a> {
+    /// Decoded with the node.
+    Listed(std::slice::Iter<'a, BlobId>),
+    /// Read from the listing's bytes as they are asked for.
+    InPlace {
+        /// The listing.
+        plain: &'a [u8],
+        /// Where the next id's header starts.
+        offset: usize,
+        /// Ids left.
+        left: usize,
+    },
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = BlobId;
+
+    fn next(&mut self) -> Option<BlobId> {
+        match self {
+            Chunks::Listed(ids) => ids.next().copied(),
+            Chunks::InPlace {
+                plain,
+                offset,
+                left,
+            } => {
+                if *left == 0 {
+                    return None;
+                }
+                // Checked when the entry was read: a one-byte header (0x58 0x20 is two:
+                // "bytes, length in the next byte, 32") then the id.
+                let id = plain.get(*offset + 2..*offset + 2 + 32)?;
+                *offset += 2 + 32;
+                *left -= 1;
+                Some(BlobId::from_bytes(id.try_into().ok()?))
+            }
+        }
+    }
+}
+
+/// A listing at least this long is read entry by entry with each entry's chunk ids left in
+/// place when there are more than [`IDS_IN_PLACE`] (below it, no entry can list that many).
+const IN_PLACE_LISTING_BYTES: usize = 1 << 20;
+
+/// Chunk ids past which a file's list is left in the listing's bytes.
+const IDS_IN_PLACE: usize = 16 * 1024;
 
 /// The positions (0-based, ascending) of the entries of a listing whose name an earlier entry
 /// already has: what a reader leaves out of a listing that is not sorted, where a twin may be
@@ -401,6 +596,56 @@ mod tests {
         plain.extend(cbor(&vec![7u8]));
         let (got, err) = read_all(&plain);
         assert!(got.is_empty() && err.is_some());
+    }
+
+    #[test]
+    fn a_long_chunk_list_in_a_large_listing_is_left_in_place() {
+        let ids: Vec<BlobId> = (0..40_000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                BlobId::from_bytes(id)
+            })
+            .collect();
+        let mut big = Node::plain(b"big", NodeKind::File);
+        big.content = ids.clone();
+        big.prints = vec![7; ids.len() * PRINT_BYTES];
+        big.size = 12345;
+        let mut small = Node::plain(b"small", NodeKind::File);
+        small.content = ids[..3].to_vec();
+        let tree = Tree {
+            nodes: vec![big.clone(), small.clone()],
+        };
+        let plain = cbor(&tree);
+        assert!(plain.len() >= IN_PLACE_LISTING_BYTES);
+        let mut cursor = NodeCursor::new(&plain).expect("cursor");
+        let first = cursor.next_entry(&plain).expect("read").expect("an entry");
+        assert!(first.chunks_in_place());
+        assert!(first.node.content.is_empty() && first.node.prints.is_empty());
+        assert_eq!(first.chunk_count(), ids.len());
+        assert_eq!(first.chunks(&plain).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            first.node,
+            Node {
+                content: vec![],
+                prints: vec![],
+                ..big
+            }
+        );
+        let second = cursor.next_entry(&plain).expect("read").expect("an entry");
+        assert!(!second.chunks_in_place());
+        assert_eq!(second.chunks(&plain).collect::<Vec<_>>(), small.content);
+        assert_eq!(second.node, small);
+        assert!(cursor.next_entry(&plain).expect("read").is_none());
+        // In a small listing every entry is decoded whole.
+        let plain = cbor(&Tree {
+            nodes: vec![small.clone()],
+        });
+        let entry = NodeCursor::new(&plain)
+            .and_then(|mut c| c.next_entry(&plain))
+            .expect("read")
+            .expect("an entry");
+        assert_eq!(entry.node, small);
     }
 
     #[test]
