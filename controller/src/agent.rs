@@ -12,23 +12,7 @@ use podvault_scanner::{BackupOptions, ParentChoice, Progress as ScanProgress, Re
 use podvault_store::Repository;
 
 use crate::crd::{Phase, PodVolumeStatus, Progress};
-
-/// The snapshot tag that carries a volume's lineage (see [`crate::lineage`]).
-pub const LINEAGE_TAG: &str = "lineage=";
-/// The directory, inside a restored volume, that holds restore markers: `<restore-uid>`
-/// when the volume is restored, `<restore-uid>.failed` (holding the reason) when its
-/// restore failed, so the helper needs no access to the Kubernetes API.
-pub const MARKER_DIR: &str = ".podvault";
-
-/// The emptyDir volume the webhook adds to a pod it gives the restore helper: the node
-/// agent writes each volume's markers into `<volume>/` of it, where the helper can read
-/// them whatever the restored volume's owner and mode. Mounted in the helper at
-/// [`POD_MARKERS_MOUNT`].
-pub const POD_MARKERS: &str = "podvault-restore-markers";
-
-/// Where the helper mounts [`POD_MARKERS`] (volumes are at `/restores/<name>`, and a
-/// volume's name cannot start with a dot).
-pub const POD_MARKERS_MOUNT: &str = "/restores/.markers";
+pub use podvault_api::names::{LINEAGE_TAG, MARKER_DIR, POD_MARKERS, POD_MARKERS_MOUNT};
 
 /// One volume to back up.
 #[derive(Clone, Debug)]

@@ -15,21 +15,10 @@ use podvault_store::{Access, Backend, FileKind, InitOptions, Repository, S3Optio
 use serde_json::json;
 
 use crate::crd::{BackupRepository, BackupRepositorySpec, RepositoryPhase};
-
-/// Label on PodVolumeBackups: the Backup they belong to.
-pub const BACKUP_LABEL: &str = "podvault.io/backup-name";
-/// Label on PodVolumeRestores: the Restore they belong to.
-pub const RESTORE_LABEL: &str = "podvault.io/restore-name";
-/// Label on PodVolumeBackups: the node whose agent does the work.
-pub const NODE_LABEL: &str = "podvault.io/node";
-/// Label on the key Secrets: the namespace whose repository the key opens.
-pub const KEY_LABEL: &str = "podvault.io/repository-key";
-/// Label on a namespace while a restore into it runs; the webhook is called only there.
-pub const RESTORE_IN_PROGRESS: &str = "podvault.io/restore-in-progress";
-/// The Secret field holding a repository's key.
-pub const KEY_FIELD: &str = "repository-password";
-/// The finalizer on Backups: their snapshots are forgotten before the object goes.
-pub const BACKUP_FINALIZER: &str = "podvault.io/forget-snapshots";
+pub use podvault_api::names::{
+    BACKUP_FINALIZER, BACKUP_LABEL, KEY_FIELD, KEY_LABEL, NODE_LABEL, RESTORE_IN_PROGRESS,
+    RESTORE_LABEL,
+};
 
 /// Everything the controllers need: a client, the install namespace (where podvault's
 /// objects and the key Secrets live) and the object storage.

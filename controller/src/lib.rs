@@ -1,13 +1,12 @@
-//! podvault's Kubernetes side: the custom resources, and (as they land) the volume
-//! selection, controllers, node agent and restore-wait. The engine crates (`store`,
+//! podvault's Kubernetes side: volume selection, the backup and restore controllers, the
+//! node agent and restore-wait. The custom resources and the names users see live in
+//! `podvault_api` (re-exported here as `crd` and `duration`); the engine crates (`store`,
 //! `scanner`) know nothing of Kubernetes; this crate wires them to it.
 
 pub mod agent;
 pub mod aggregate;
 pub mod backups;
 pub mod cluster;
-pub mod crd;
-pub mod duration;
 pub mod hostpath;
 pub mod leader;
 pub mod lineage;
@@ -17,3 +16,5 @@ pub mod plan;
 pub mod repositories;
 pub mod restores;
 pub mod select;
+
+pub use podvault_api::{crd, duration};

@@ -28,13 +28,8 @@ use crate::crd::{
     BackupRepository, Phase, PodVolumeBackup, PodVolumeRestore, PodVolumeStatus, Progress,
 };
 use crate::hostpath::{resolve, volume_dir_name};
-use crate::lineage::owner;
-
-/// The name of the restore helper's init container.
-pub const RESTORE_HELPER: &str = "restore-wait";
-/// Node annotation: how many volumes this node's agent works on at a time, overriding
-/// `--concurrency` (for nodes with more cores or faster disks than the rest).
-pub const CONCURRENCY_ANNOTATION: &str = "podvault.io/node-agent-concurrency";
+pub use podvault_api::names::{CONCURRENCY_ANNOTATION, RESTORE_HELPER};
+pub use podvault_api::pods::restore_target;
 
 /// This node's concurrency: its annotation if it has a valid one (1 to 64), else `default`.
 /// An invalid annotation is reported and the default used.
@@ -284,37 +279,6 @@ async fn run_backup(
         Ok(st) => st,
         Err(e) => failed(format!("the backup task failed: {e}")),
     }
-}
-
-/// Whether `pod` is the target of a PodVolumeRestore: in its namespace, mounting its
-/// volume, and recognised by name (pods restored by name), by claim (PVC volumes: any pod
-/// mounting the claim) or by owner workload (other volumes of controller-made pods).
-pub fn restore_target(spec: &crate::crd::PodVolumeRestoreSpec, pod: &Pod) -> bool {
-    if pod.namespace().as_deref() != Some(spec.target_namespace.as_str()) {
-        return false;
-    }
-    let Some(volume) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .and_then(|vs| vs.iter().find(|v| v.name == spec.volume))
-    else {
-        return false;
-    };
-    let t = &spec.target;
-    if let Some(name) = &t.pod_name {
-        return pod.metadata.name.as_ref() == Some(name);
-    }
-    if let Some(claim) = &t.claim {
-        return volume
-            .persistent_volume_claim
-            .as_ref()
-            .is_some_and(|c| &c.claim_name == claim);
-    }
-    if let Some(workload) = &t.owner {
-        return &owner(pod) == workload;
-    }
-    false
 }
 
 /// Whether the pod's restore helper runs now (so the volume is mounted and waited on).

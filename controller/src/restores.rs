@@ -31,19 +31,7 @@ use crate::lineage::owner;
 
 const POLL: Duration = Duration::from_secs(10);
 
-/// How long a volume waits for its pod when the Restore does not say (Velero's default pod
-/// volume operation timeout).
-pub const DEFAULT_TIMEOUT: &str = "4h";
-
-/// A Restore's `spec.timeout` (or the default), checked: a Go duration above zero.
-pub fn restore_timeout(text: Option<&str>) -> Result<Duration, String> {
-    let text = text.unwrap_or(DEFAULT_TIMEOUT);
-    match crate::duration::parse(text) {
-        Ok(d) if d.is_zero() => Err(format!("duration {text:?}: must be more than 0")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e),
-    }
-}
+pub use podvault_api::pods::{DEFAULT_RESTORE_TIMEOUT as DEFAULT_TIMEOUT, restore_timeout};
 
 /// The pod a PodVolumeRestore waits for, in words.
 fn describe_target(target: &PodMatch) -> String {

@@ -7,23 +7,7 @@ use globset::Glob;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
 
 use crate::crd::{PodRef, SkippedVolume};
-
-/// Opt-in annotations: a comma-separated list of volume names (podvault's, then Velero's).
-pub const OPT_IN: [&str; 2] = [
-    "backup.podvault.io/backup-volumes",
-    "backup.velero.io/backup-volumes",
-];
-/// Opt-out annotations, honoured with `defaultVolumesToFsBackup`.
-pub const OPT_OUT: [&str; 2] = [
-    "backup.podvault.io/backup-volumes-excludes",
-    "backup.velero.io/backup-volumes-excludes",
-];
-/// Paths inside volumes to leave out: comma-separated globs relative to the volume, each
-/// optionally prefixed by `VOLUME:` to apply to that volume only.
-pub const EXCLUDE_PATHS: &str = "backup.podvault.io/exclude-paths";
-/// Pod annotation: the time limit of each of the pod's volume backups (a Go duration such
-/// as `8h`), overriding the Backup's `timeout`.
-pub const TIMEOUT: &str = "backup.podvault.io/timeout";
+pub use podvault_api::names::{EXCLUDE_PATHS, OPT_IN, OPT_OUT, TIMEOUT};
 
 /// A volume to back up.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,9 +21,9 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use podvault_controller::agent::{POD_MARKERS, POD_MARKERS_MOUNT};
-use podvault_controller::crd::{Phase, PodVolumeRestore};
-use podvault_controller::node_agent::{RESTORE_HELPER, restore_target};
+use podvault_api::crd::{Phase, PodVolumeRestore};
+use podvault_api::names::{POD_MARKERS, POD_MARKERS_MOUNT, RESTORE_HELPER};
+use podvault_api::pods::{restore_target, restore_timeout};
 use serde_json::Value;
 
 use crate::config::HelperConfig;
@@ -179,8 +179,8 @@ pub fn decide(
 /// is failed by the restore controller anyway), its default when the PodVolumeRestore
 /// does not say or says something unreadable, and never less than a minute.
 fn helper_timeout(limit: Option<&str>) -> Duration {
-    podvault_controller::restores::restore_timeout(limit)
-        .or_else(|_| podvault_controller::restores::restore_timeout(None))
+    restore_timeout(limit)
+        .or_else(|_| restore_timeout(None))
         .unwrap_or(Duration::from_secs(4 * 3600))
         .max(Duration::from_secs(60))
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
-use podvault_controller::crd::PodVolumeRestore;
+use podvault_api::crd::PodVolumeRestore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;

@@ -13,7 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
 use kube::{Client, Resource, ResourceExt};
-use podvault_controller::crd::{Phase, PodVolumeRestore};
+use podvault_api::crd::{Phase, PodVolumeRestore};
 
 use crate::config::{HelperConfig, from_data, is_helper_config};
 use crate::server::Shared;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use podvault_controller::crd::{Phase, PodVolumeRestore};
+use podvault_api::crd::{Phase, PodVolumeRestore};
 use podvault_testkit::merge_json;
 use podvault_webhook::config::{HelperConfig, from_data, is_helper_config, quantity_value};
 use podvault_webhook::decide::{decide, derived_security_context};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use podvault_controller::crd::PodVolumeRestore;
+use podvault_api::crd::PodVolumeRestore;
 use podvault_webhook::config::from_data;
 use podvault_webhook::handler::{Answer, Outcome, Response, State, review};
 use proptest::prelude::*;

@@ -2,7 +2,7 @@
 //! PodVolumeRestores, 100 into each of the namespaces `ns-0` … `ns-99`, for the claims
 //! `claim-0` … `claim-9999` (claim `i` goes to namespace `ns-{i % 100}`).
 
-use podvault_controller::crd::PodVolumeRestore;
+use podvault_api::crd::PodVolumeRestore;
 
 /// `count` pending restores of volume `data`.
 pub fn pending(count: usize) -> Vec<PodVolumeRestore> {

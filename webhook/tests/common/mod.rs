@@ -17,7 +17,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// Sets pending restores of namespace `shop`: the claim `pgdata`, the Deployment's scratch
 /// volume and the StatefulSet's dump volume.
 pub fn restoring(state: &State) {
-    let pvr = |volume: &str, target: Value| -> podvault_controller::crd::PodVolumeRestore {
+    let pvr = |volume: &str, target: Value| -> podvault_api::crd::PodVolumeRestore {
         serde_json::from_value(json!({
             "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
             "metadata": {"name": format!("r-{volume}"), "namespace": "podvault"},
