@@ -489,8 +489,18 @@ fn decode<T: serde::de::DeserializeOwned>(
     plain: &[u8],
     at: &mut usize,
 ) -> std::result::Result<T, String> {
+    thread_local! {
+        // ciborium's scratch space for short strings: kept, rather than zeroed for each
+        // entry as `from_reader` would.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 4096]);
+    }
     let mut rest = plain.get(*at..).ok_or("the listing ends early")?;
-    let item = ciborium::from_reader(&mut rest).map_err(|e| format!("cannot decode: {e}"))?;
+    let item = SCRATCH
+        .with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch),
+            Err(_) => ciborium::from_reader(&mut rest),
+        })
+        .map_err(|e| format!("cannot decode: {e}"))?;
     *at = plain.len() - rest.len();
     Ok(item)
 }
