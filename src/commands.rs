@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use podvault_s3::{S3Options, open_backend};
 use podvault_scanner::{BackupOptions, ParentChoice, Progress, RestoreOptions};
 use podvault_store::{
     Access, Backend, CheckOptions, ChunkerParams, InitOptions, KdfParams, KeepPolicy, PruneOptions,
-    PruneReport, Repository, S3Options, Session, apply_policy, open_backend,
+    PruneReport, Repository, Session, apply_policy,
 };
 
 use crate::output::{self, ProgressBar};

@@ -71,7 +71,7 @@ pub struct Global {
     #[arg(long, global = true, env = "PODVAULT_S3_PATH_STYLE")]
     s3_path_style: bool,
     /// Attempts per S3 request before giving up (retries back off exponentially).
-    #[arg(long, global = true, env = "AWS_MAX_ATTEMPTS", default_value_t = podvault_store::S3Options::default().max_attempts)]
+    #[arg(long, global = true, env = "AWS_MAX_ATTEMPTS", default_value_t = podvault_s3::S3Options::default().max_attempts)]
     s3_max_attempts: u32,
     /// Seconds one S3 request may take (plus 2 s per MiB moved) before it is retried.
     #[arg(long, global = true, env = "PODVAULT_S3_TIMEOUT", default_value_t = 60)]

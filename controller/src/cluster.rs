@@ -11,7 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use podvault_store::{Access, Backend, FileKind, InitOptions, Repository, S3Options, Session};
+use podvault_s3::S3Options;
+use podvault_store::{Access, Backend, FileKind, InitOptions, Repository, Session};
 use serde_json::json;
 
 use crate::crd::{BackupRepository, BackupRepositorySpec, RepositoryPhase};
@@ -128,7 +129,7 @@ pub async fn open_repository(
     let location = location.to_string();
     let ns = namespace.to_string();
     let opened = tokio::task::spawn_blocking(move || {
-        let backend = podvault_store::open_backend(&location, &s3)?;
+        let backend = podvault_s3::open_backend(&location, &s3)?;
         Repository::open_session(backend, &key, command, access)
     })
     .await
@@ -150,7 +151,7 @@ pub async fn with_documents<T: Send + 'static>(
     let s3 = settings.s3.clone();
     let location = repository_location(&settings.storage, namespace);
     blocking(namespace, move || {
-        let backend = podvault_store::open_backend(&location, &s3)?;
+        let backend = podvault_s3::open_backend(&location, &s3)?;
         let (repo, _session) = Repository::open_session_bare(backend, &key, command)?;
         work(&repo)
     })
@@ -212,7 +213,7 @@ pub async fn ensure_repository(
     let at = repo.spec.location.clone();
     let password = key.clone();
     let made = blocking(namespace, move || {
-        let backend: Arc<dyn Backend> = podvault_store::open_backend(&at, &s3)?;
+        let backend: Arc<dyn Backend> = podvault_s3::open_backend(&at, &s3)?;
         match backend.read(FileKind::Config, "config") {
             Err(podvault_store::Error::NotFound { .. }) => {
                 Repository::init(backend, &password, &init).map(|_| true)

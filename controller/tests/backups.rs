@@ -16,7 +16,8 @@ use podvault_controller::backups::{load_record, reconcile, volume_object_name};
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::Backup;
 use podvault_controller::plan::plan_backup;
-use podvault_store::{Repository, S3Options};
+use podvault_s3::S3Options;
+use podvault_store::Repository;
 use podvault_testkit::{fast_init, merge_json};
 use serde_json::{Value, json};
 
@@ -239,7 +240,7 @@ fn key_secret() -> Value {
 fn repository_with_snapshots(settings: &Settings) -> (Repository, Vec<String>) {
     let at = Path::new(&settings.storage).join("podvault/shop");
     let backend =
-        podvault_store::open_backend(&at.display().to_string(), &settings.s3).expect("backend");
+        podvault_s3::open_backend(&at.display().to_string(), &settings.s3).expect("backend");
     let repo = Repository::init(backend, KEY, &fast_init()).expect("init");
     let src = Path::new(&settings.storage).with_file_name("volume");
     std::fs::create_dir_all(&src).expect("mkdir");

@@ -18,7 +18,8 @@ use podvault_controller::node_agent::{
     Agent, helper_running, process_backup, process_restore, restore_target, restore_work,
     tell_late_pod,
 };
-use podvault_store::{Repository, open_backend};
+use podvault_s3::open_backend;
+use podvault_store::Repository;
 use podvault_testkit::{S3Server, fast_init, pseudo_random};
 use serde_json::{Value, json};
 

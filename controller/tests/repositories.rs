@@ -12,7 +12,8 @@ use kube::runtime::controller::Action;
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::BackupRepository;
 use podvault_controller::repositories::reconcile;
-use podvault_store::{Repository, S3Options, open_backend};
+use podvault_s3::{S3Options, open_backend};
+use podvault_store::Repository;
 use podvault_testkit::{fast_init, pseudo_random};
 use serde_json::{Value, json};
 

@@ -16,7 +16,8 @@ use podvault_controller::crd::{Backup, PodVolumeBackup, Restore};
 use podvault_controller::restores::{
     check_included_volume, plan_restore, reconcile, volume_object_name,
 };
-use podvault_store::{Repository, S3Options, open_backend};
+use podvault_s3::{S3Options, open_backend};
+use podvault_store::Repository;
 use podvault_testkit::fast_init;
 use serde_json::{Value, json};
 

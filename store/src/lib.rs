@@ -33,7 +33,6 @@ pub mod limits;
 mod maintenance;
 mod pack;
 mod repo;
-mod s3;
 mod snapshot;
 mod tree;
 
@@ -50,7 +49,6 @@ pub use maintenance::{
     KeyInfo, PruneOptions, PruneReport, RepairReport, SESSION_STALE, Session, SessionInfo,
 };
 pub use repo::{Access, Config, DamagedSnapshot, InitOptions, Repository, SaveOutcome};
-pub use s3::{S3Backend, S3Options, open_backend, parse_s3_location};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{
     ChunkPrint, Chunks, Entry, Node, NodeCursor, NodeKind, PRINT_BYTES, Tree, Xattr,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use podvault_store::{Backend, DirBackend, S3Backend, S3Options};
+use podvault_s3::{S3Backend, S3Options};
+use podvault_store::{Backend, DirBackend};
 
 pub mod docs;
 pub mod kubeapi;

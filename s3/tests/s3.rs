@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use podvault_store::{
-    Backend, BlobKind, CheckOptions, Error, FileKind, Repository, S3Backend, S3Options,
-};
+use podvault_s3::{S3Backend, S3Options};
+use podvault_store::{Backend, BlobKind, CheckOptions, Error, FileKind, Repository};
 use podvault_testkit::{BUCKET, FaultKind, FaultProxy, S3Server, fast_init, pseudo_random};
 
 fn backend_with(bucket: &str, prefix: &str, options: S3Options) -> Arc<dyn Backend> {

@@ -28,8 +28,7 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::backend::{Backend, FileKind};
-use crate::error::{Error, Result};
+use podvault_store::{Backend, DirBackend, Error, FileKind, Result};
 
 /// How to reach the object store. Credentials come from the usual AWS sources
 /// (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and the shared files, web
@@ -221,7 +220,10 @@ impl S3Backend {
             .thread_name("podvault-s3")
             .enable_all()
             .build()
-            .map_err(|e| Error::io("tokio runtime", e))?;
+            .map_err(|source| Error::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -389,11 +391,12 @@ impl S3Backend {
             .saturating_mul(1u32 << tries.min(16))
             .min(self.options.max_delay);
         let mut r = [0u8; 8];
-        let unit = if crate::crypto::random_bytes(&mut r).is_ok() {
-            (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64
-        } else {
-            0.5
-        };
+        let unit =
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r).is_ok() {
+                (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64
+            } else {
+                0.5
+            };
         bound.mul_f64(unit)
     }
 
@@ -751,7 +754,7 @@ pub fn open_backend(spec: &str, s3: &S3Options) -> Result<Arc<dyn Backend>> {
             let (bucket, prefix) = parsed?;
             Ok(Arc::new(S3Backend::new(&bucket, &prefix, s3.clone())?))
         }
-        None => Ok(Arc::new(crate::DirBackend::new(spec))),
+        None => Ok(Arc::new(DirBackend::new(spec))),
     }
 }
 
