@@ -80,3 +80,114 @@ pub fn restore_timeout(text: Option<&str>) -> Result<Duration, String> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PodMatch;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("a pod")
+    }
+
+    fn owned_by(kind: &str, name: &str, hash: Option<&str>) -> Pod {
+        let labels = hash.map(|h| serde_json::json!({ TEMPLATE_HASH: h }));
+        pod(serde_json::json!({
+            "metadata": {
+                "name": "web-0", "namespace": "shop", "labels": labels,
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Other", "name": "not-the-controller", "uid": "1"},
+                    {"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "2",
+                     "controller": true}
+                ]
+            }
+        }))
+    }
+
+    #[test]
+    fn the_owner_is_the_workload_that_controls_the_pod() {
+        assert_eq!(
+            owner(&owned_by("ReplicaSet", "web-7d4b9c", Some("7d4b9c"))),
+            "Deployment/web"
+        );
+        // A ReplicaSet of its own, or one whose name does not end in the hash.
+        assert_eq!(
+            owner(&owned_by("ReplicaSet", "web-7d4b9c", None)),
+            "ReplicaSet/web-7d4b9c"
+        );
+        assert_eq!(
+            owner(&owned_by("ReplicaSet", "web", Some("7d4b9c"))),
+            "ReplicaSet/web"
+        );
+        assert_eq!(
+            owner(&owned_by("StatefulSet", "db", None)),
+            "StatefulSet/db"
+        );
+        assert_eq!(
+            owner(&pod(serde_json::json!({"metadata": {"name": "alone"}}))),
+            "Pod/alone"
+        );
+    }
+
+    #[test]
+    fn a_restore_targets_pods_by_name_claim_or_owner_in_its_namespace() {
+        let mut p = owned_by("StatefulSet", "db", None);
+        p.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "containers": [],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]
+            }))
+            .expect("a pod spec"),
+        );
+        let spec = |target: PodMatch| PodVolumeRestoreSpec {
+            target_namespace: "shop".into(),
+            volume: "data".into(),
+            target,
+            ..PodVolumeRestoreSpec::default()
+        };
+        let by_name = PodMatch {
+            pod_name: Some("web-0".into()),
+            ..PodMatch::default()
+        };
+        let by_claim = PodMatch {
+            claim: Some("data-db-0".into()),
+            ..PodMatch::default()
+        };
+        let by_owner = PodMatch {
+            owner: Some("StatefulSet/db".into()),
+            ..PodMatch::default()
+        };
+        for target in [&by_name, &by_claim, &by_owner] {
+            assert!(restore_target(&spec(target.clone()), &p), "{target:?}");
+        }
+        // Another namespace, another volume, another claim, another owner, no rule.
+        let mut elsewhere = spec(by_name.clone());
+        elsewhere.target_namespace = "other".into();
+        assert!(!restore_target(&elsewhere, &p));
+        let mut other_volume = spec(by_name);
+        other_volume.volume = "cache".into();
+        assert!(!restore_target(&other_volume, &p));
+        let other_claim = PodMatch {
+            claim: Some("data-db-1".into()),
+            ..PodMatch::default()
+        };
+        assert!(!restore_target(&spec(other_claim), &p));
+        let other_owner = PodMatch {
+            owner: Some("StatefulSet/web".into()),
+            ..PodMatch::default()
+        };
+        assert!(!restore_target(&spec(other_owner), &p));
+        assert!(!restore_target(&spec(PodMatch::default()), &p));
+    }
+
+    #[test]
+    fn a_restore_time_limit_is_a_go_duration_above_zero() {
+        assert_eq!(restore_timeout(None), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(
+            restore_timeout(Some("1h30m")),
+            Ok(Duration::from_secs(5400))
+        );
+        assert!(restore_timeout(Some("0s")).is_err_and(|e| e.contains("more than 0")));
+        assert!(restore_timeout(Some("soon")).is_err());
+    }
+}
