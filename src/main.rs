@@ -41,7 +41,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Back up and restore directories (and Kubernetes pod volumes) into encrypted,
 /// deduplicated repositories.
@@ -127,6 +127,78 @@ enum Command {
     /// Exits 0 then; non-zero with the reason if a volume's restore failed or time ran out,
     /// so the pod never starts on half-restored data.
     RestoreWait(RestoreWaitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell). For bash:
+    /// write the output to /etc/bash_completion.d/podvault, or source it from ~/.bashrc.
+    Completion(CompletionArgs),
+    /// Print podvault's manual page (roff, for `man -l -`), or with `--dir` write one page
+    /// per command into a directory (podvault.1, podvault-snapshot-restore.1, ...).
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write every command's page into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Whether this binary runs as a kubectl plugin: installed as `kubectl-podvault`, kubectl
+/// runs it for `kubectl podvault ...` with the words after `podvault`.
+fn invoked_as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "kubectl-podvault"))
+        .unwrap_or(false)
+}
+
+/// The command line's definition, named as the user typed it (`podvault`, or `kubectl
+/// podvault` as a kubectl plugin) in help, errors, completions and manual pages.
+fn cli_command() -> clap::Command {
+    let command = Cli::command();
+    if invoked_as_kubectl_plugin() {
+        command.bin_name("kubectl podvault")
+    } else {
+        command
+    }
+}
+
+fn completion(args: CompletionArgs) -> ExitCode {
+    let mut command = cli_command();
+    let name = command
+        .get_bin_name()
+        .unwrap_or(command.get_name())
+        .to_string();
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, name, &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
+    ExitCode::SUCCESS
+}
+
+fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    match args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cli_command(), &dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli_command())
+                .render(&mut page)
+                .context("rendering the manual page")?;
+            out!("{}", String::from_utf8_lossy(&page));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
@@ -408,7 +480,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     // The roles that run in the cluster log at info by default.
     let server = matches!(
         cli.command,
@@ -423,6 +495,8 @@ fn main() -> ExitCode {
         Command::Repo(cmd) => commands::repo(&cli.global, cmd),
         Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
         Command::RestoreWait(args) => commands::restore_wait(args),
+        Command::Completion(args) => Ok(completion(args)),
+        Command::Man(args) => man(args),
         Command::Backup(command) => cluster::backup(&cli.global, command),
         Command::Restore(command) => cluster::restore(&cli.global, command),
         Command::Controller(args) => cluster::controller(&cli.global, args),

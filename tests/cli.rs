@@ -703,3 +703,106 @@ fn a_damaged_snapshot_is_listed_can_be_forgotten_and_stops_prune_until_then() {
     env.ok(&["repo", "prune"]);
     env.ok(&["repo", "check", "--read-data"]);
 }
+
+#[test]
+fn completions_manual_pages_and_the_kubectl_plugin() {
+    let env = Env::new();
+    let bash = env.ok(&["completion", "bash"]);
+    assert!(bash.contains("_podvault()"), "{bash}");
+    // bash loads it, and then completes podvault with it.
+    let script = env.root.join("podvault.bash");
+    fs::write(&script, &bash).expect("script");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p podvault",
+            script.display()
+        ))
+        .output()
+        .expect("bash");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("_podvault"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        env.ok(&["completion", "zsh"])
+            .starts_with("#compdef podvault")
+    );
+    assert!(
+        env.ok(&["completion", "fish"])
+            .contains("complete -c podvault")
+    );
+    assert!(!env.run(&["completion", "tcsh"]).status.success());
+
+    let page = env.ok(&["man"]);
+    assert!(page.contains(".TH podvault 1"), "{page}");
+    // As README.md shows it, in the current directory.
+    let out = env
+        .cmd()
+        .args(["man", "--dir", "man1"])
+        .current_dir(&env.root)
+        .output()
+        .expect("man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = env.root.join("man1");
+    for name in [
+        "podvault.1",
+        "podvault-snapshot-restore.1",
+        "podvault-backup-create.1",
+    ] {
+        let text = fs::read_to_string(dir.join(name)).expect(name);
+        assert!(text.contains(".TH"), "{name}");
+    }
+
+    // As kubectl runs a plugin: the binary under the name kubectl-podvault, with the words
+    // after `kubectl podvault`.
+    let bin = env.root.join("bin");
+    fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_podvault"), bin.join("kubectl-podvault"))
+        .expect("link");
+    let out = Command::new(bin.join("kubectl-podvault"))
+        .arg("--help")
+        .output()
+        .expect("plugin");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && help.contains("Usage: kubectl podvault"),
+        "{help}"
+    );
+    let out = Command::new(bin.join("kubectl-podvault"))
+        .args(["snapshot", "ls", "--repo", "/nonexistent/repo"])
+        .env("PODVAULT_PASSWORD", "pw")
+        .output()
+        .expect("plugin");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nonexistent/repo"),
+        "{}",
+        stderr(&out)
+    );
+    // Through kubectl itself, where it is installed.
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+    {
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("kubectl")
+            .args(["podvault", "--help"])
+            .env("PATH", path)
+            .output()
+            .expect("kubectl");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Usage: kubectl podvault"),
+            "{help}{}",
+            stderr(&out)
+        );
+    }
+}
