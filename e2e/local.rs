@@ -588,9 +588,11 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
     let b2 = world.backup("b2");
     assert_eq!(b2["status"]["phase"], "Completed", "{b2}");
     let new = b2["status"]["bytesNew"].as_u64().expect("new");
-    // Three changed pages cost three chunks (about a MiB each), not the 24 MiB file.
+    // Three changed pages cost three chunks, not the 24 MiB file. The chunker is keyed by
+    // the repository's random key, so those chunks are 1 MiB on average but up to 4 MiB
+    // each (7 MB was seen): at most 12 MiB, under half of what the volumes hold.
     assert!(
-        new < total / 4,
+        new < total / 2,
         "incremental: {new} new bytes of {total}\n{b2}\n{}",
         world.logs()
     );
