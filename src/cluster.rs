@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
@@ -82,8 +81,8 @@ pub struct ControllerArgs {
     leader_elect: bool,
     /// Prune each repository this often (Go duration), freeing the data of forgotten
     /// snapshots.
-    #[arg(long, env = "PODVAULT_MAINTENANCE_INTERVAL", default_value = podvault_controller::repositories::DEFAULT_INTERVAL)]
-    maintenance_interval: String,
+    #[arg(long, env = "PODVAULT_MAINTENANCE_INTERVAL", default_value = podvault_controller::repositories::DEFAULT_INTERVAL, value_parser = podvault_api::duration::parse)]
+    maintenance_interval: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -194,18 +193,18 @@ pub struct BackupCreateArgs {
     /// Namespaces to leave out.
     #[arg(long, value_delimiter = ',')]
     exclude_namespaces: Vec<String>,
-    /// Only pods with these labels: `app=db,tier!=cache,release,!canary`.
+    /// Only pods with these labels (kubectl's grammar): `app=db,tier!=cache,env in (prod,staging),release,!canary`.
     #[arg(long, short = 'l')]
     selector: Option<String>,
     /// Back up every volume unless a pod opts it out.
     #[arg(long)]
     default_volumes_to_fs_backup: bool,
     /// How long to keep it (Go duration: `720h`).
-    #[arg(long)]
-    ttl: Option<String>,
+    #[arg(long, value_parser = podvault_api::duration::typed)]
+    ttl: Option<podvault_api::duration::Duration>,
     /// Time limit of each volume (Go duration; default 4h).
-    #[arg(long)]
-    timeout: Option<String>,
+    #[arg(long, value_parser = podvault_api::duration::typed_positive)]
+    timeout: Option<podvault_api::duration::Duration>,
     /// Wait until it finishes; exit non-zero unless it Completed.
     #[arg(long)]
     wait: bool,
@@ -250,8 +249,8 @@ pub struct RestoreCreateArgs {
     #[arg(long)]
     restore_pods: bool,
     /// How long each volume may wait for its pod to appear (Go duration; default 4h).
-    #[arg(long)]
-    timeout: Option<String>,
+    #[arg(long, value_parser = podvault_api::duration::typed_positive)]
+    timeout: Option<podvault_api::duration::Duration>,
     /// Wait until it finishes; exit non-zero unless it Completed.
     #[arg(long)]
     wait: bool,
@@ -337,8 +336,7 @@ fn spawn_metrics(address: SocketAddr) {
 
 /// `podvault controller`: the backup and restore controllers.
 pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
-    let every = podvault_controller::duration::parse(&args.maintenance_interval)
-        .map_err(|e| anyhow::anyhow!("--maintenance-interval: {e}"))?;
+    let every = args.maintenance_interval;
     runtime()?.block_on(async move {
         let client = client(&global.cluster).await?;
         spawn_metrics(args.server.metrics_address);
@@ -402,51 +400,6 @@ pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
     })
 }
 
-/// Parses `app=db,tier!=cache,release,!canary` into a label selector.
-pub fn parse_selector(text: &str) -> Result<LabelSelector> {
-    let mut labels = BTreeMap::new();
-    let mut expressions = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        };
-        let requirement =
-            |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
-                key: key.to_string(),
-                operator: operator.to_string(),
-                values,
-            };
-        if let Some((k, v)) = part.split_once("!=") {
-            let (k, v) = (k.trim(), v.trim());
-            if !valid(k) || !valid(v) {
-                bail!("selector {text:?}: {part:?} is not `key!=value`");
-            }
-            expressions.push(requirement(k, "NotIn", Some(vec![v.to_string()])));
-        } else if let Some((k, v)) = part.split_once('=') {
-            let (k, v) = (k.trim(), v.trim().trim_start_matches('='));
-            if !valid(k) || !valid(v) {
-                bail!("selector {text:?}: {part:?} is not `key=value`");
-            }
-            labels.insert(k.to_string(), v.to_string());
-        } else if let Some(k) = part.strip_prefix('!') {
-            if !valid(k) {
-                bail!("selector {text:?}: {part:?} is not `!key`");
-            }
-            expressions.push(requirement(k, "DoesNotExist", None));
-        } else if valid(part) {
-            expressions.push(requirement(part, "Exists", None));
-        } else {
-            bail!("selector {text:?}: {part:?} is not `key=value`, `key!=value`, `key` or `!key`");
-        }
-    }
-    Ok(LabelSelector {
-        match_labels: (!labels.is_empty()).then_some(labels),
-        match_expressions: (!expressions.is_empty()).then_some(expressions),
-    })
-}
-
 /// The output format a command was asked for: `-o`, else `--json`, else a table (or
 /// words).
 fn format(global: &Global, output: Option<Format>) -> Format {
@@ -504,13 +457,11 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
     let mut selector = None;
     if let BackupCommand::Create(a) = &cmd {
-        for (field, value) in [("--ttl", &a.ttl), ("--timeout", &a.timeout)] {
-            if let Some(v) = value {
-                podvault_controller::duration::parse(v)
-                    .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
-            }
-        }
-        selector = a.selector.as_deref().map(parse_selector).transpose()?;
+        selector = a
+            .selector
+            .as_deref()
+            .map(podvault_api::selector::parse)
+            .transpose()?;
     }
     let output = match &cmd {
         BackupCommand::Get { output, .. } | BackupCommand::Describe { output, .. } => {
@@ -759,12 +710,6 @@ pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
 /// `podvault restore …`.
 pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
-    if let RestoreCommand::Create(a) = &cmd
-        && let Some(t) = &a.timeout
-    {
-        podvault_controller::restores::restore_timeout(Some(t))
-            .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-    }
     if let RestoreCommand::Create(a) = &cmd {
         for entry in &a.include_volumes {
             podvault_controller::restores::check_included_volume(entry)
@@ -801,7 +746,7 @@ pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
                     namespace_mapping: mapping,
                     included_volumes: a.include_volumes.clone(),
                     restore_pods: a.restore_pods,
-                    timeout: a.timeout.clone(),
+                    timeout: a.timeout,
                 };
                 let created = api
                     .create(&PostParams::default(), &Restore::new(&name, spec))
@@ -1059,26 +1004,6 @@ async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selectors_parse_like_kubectls_equality_and_set_forms() {
-        let s = parse_selector("app=db, tier!=cache,release,!canary,env==prod").expect("parse");
-        assert_eq!(
-            serde_json::to_value(&s).expect("json"),
-            json!({
-                "matchLabels": {"app": "db", "env": "prod"},
-                "matchExpressions": [
-                    {"key": "tier", "operator": "NotIn", "values": ["cache"]},
-                    {"key": "release", "operator": "Exists"},
-                    {"key": "canary", "operator": "DoesNotExist"}
-                ]
-            })
-        );
-        for bad in ["app in (a,b)", "=db", "app=", "!", "a b=c"] {
-            let err = parse_selector(bad).expect_err(bad).to_string();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-    }
 
     #[test]
     fn describe_shows_each_volume_with_progress_errors_and_skips() {

@@ -619,10 +619,14 @@ fn cluster_commands_without_a_cluster_say_so_and_bad_input_is_named() {
     );
     // Bad input is refused before any cluster is asked.
     let out = run(&["backup", "create", "b1", "--ttl", "tomorrow"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--ttl") && stderr(&out).contains("\"tomorrow\""),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["restore", "create", "--from-backup", "b1", "--timeout", "0"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("--timeout") && stderr(&out).contains("must be more than 0"),
         "{}",

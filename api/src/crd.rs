@@ -14,6 +14,8 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::duration::Duration;
+
 /// The API group.
 pub const GROUP: &str = "podvault.io";
 
@@ -91,10 +93,12 @@ pub struct BackupSpec {
     pub default_volumes_to_fs_backup: bool,
     /// How long to keep the backup (`720h`); forgotten after that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    #[schemars(schema_with = "crate::duration::schema")]
+    pub ttl: Option<Duration>,
     /// Time limit of each volume (`4h` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[schemars(schema_with = "crate::duration::schema")]
+    pub timeout: Option<Duration>,
     /// Set to stop the backup: running volumes end `Canceled`.
     #[serde(default)]
     pub cancel: bool,
@@ -249,7 +253,8 @@ pub struct PodVolumeBackupSpec {
     pub tags: BTreeMap<String, String>,
     /// Time limit (`4h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[schemars(schema_with = "crate::duration::schema")]
+    pub timeout: Option<Duration>,
     /// Set to stop.
     #[serde(default)]
     pub cancel: bool,
@@ -334,7 +339,8 @@ pub struct RestoreSpec {
     /// Velero's pod volume operation timeout). A volume no pod took by then is marked
     /// Failed, so the Restore ends instead of waiting for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[schemars(schema_with = "crate::duration::schema")]
+    pub timeout: Option<Duration>,
 }
 
 /// What a Restore has done.
@@ -437,7 +443,8 @@ pub struct PodVolumeRestoreSpec {
     pub ephemeral: bool,
     /// The Restore's time limit (Go duration): the restore helper gives up after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[schemars(schema_with = "crate::duration::schema")]
+    pub timeout: Option<Duration>,
 }
 
 /// One repository per namespace, in the object store.

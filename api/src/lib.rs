@@ -6,3 +6,4 @@ pub mod crd;
 pub mod duration;
 pub mod names;
 pub mod pods;
+pub mod selector;

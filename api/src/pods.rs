@@ -69,16 +69,13 @@ pub fn restore_target(spec: &PodVolumeRestoreSpec, pod: &Pod) -> bool {
 
 /// How long a volume waits for its pod when the Restore does not say (Velero's default pod
 /// volume operation timeout).
-pub const DEFAULT_RESTORE_TIMEOUT: &str = "4h";
+pub const DEFAULT_RESTORE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 
-/// A Restore's `spec.timeout` (or the default), checked: a Go duration above zero.
-pub fn restore_timeout(text: Option<&str>) -> Result<Duration, String> {
-    let text = text.unwrap_or(DEFAULT_RESTORE_TIMEOUT);
-    match crate::duration::parse(text) {
-        Ok(d) if d.is_zero() => Err(format!("duration {text:?}: must be more than 0")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e),
-    }
+/// A Restore's `spec.timeout` (or the default), checked: above zero.
+pub fn restore_timeout(
+    limit: Option<&crate::duration::Duration>,
+) -> Result<Duration, crate::duration::DurationError> {
+    crate::duration::positive(limit, DEFAULT_RESTORE_TIMEOUT)
 }
 
 #[cfg(test)]
@@ -182,12 +179,14 @@ mod tests {
 
     #[test]
     fn a_restore_time_limit_is_a_go_duration_above_zero() {
+        let d = |text: &str| text.parse::<crate::duration::Duration>().expect(text);
         assert_eq!(restore_timeout(None), Ok(Duration::from_secs(4 * 3600)));
         assert_eq!(
-            restore_timeout(Some("1h30m")),
+            restore_timeout(Some(&d("1h30m"))),
             Ok(Duration::from_secs(5400))
         );
-        assert!(restore_timeout(Some("0s")).is_err_and(|e| e.contains("more than 0")));
-        assert!(restore_timeout(Some("soon")).is_err());
+        assert!(
+            restore_timeout(Some(&d("0s"))).is_err_and(|e| e.to_string().contains("more than 0"))
+        );
     }
 }

@@ -29,7 +29,11 @@ use crate::crd::{Backup, BackupStatus, Phase, PodVolumeBackup, PodVolumeBackupSp
 use crate::plan::plan_backup;
 
 /// How long a backup is kept when its spec names no TTL (Velero's default too).
-pub const DEFAULT_TTL: &str = "720h";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(720 * 3600);
+
+/// How long each volume may take when neither the Backup nor its pod says (Velero's
+/// default pod volume operation timeout).
+pub const DEFAULT_VOLUME_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// How often a running backup is looked at even without a change of its volumes.
 const POLL: Duration = Duration::from_secs(10);
 
@@ -167,11 +171,6 @@ async fn apply(
     }
 }
 
-fn duration_of(field: &str, value: Option<&str>, default: &str) -> Result<Duration, String> {
-    let text = value.unwrap_or(default);
-    crate::duration::parse(text).map_err(|e| format!("spec.{field}: {e}"))
-}
-
 async fn fail(
     api: &Api<Backup>,
     backup: &Backup,
@@ -212,12 +211,10 @@ async fn start(
             .await?;
         return Ok(Action::await_change());
     }
-    let ttl = match duration_of("ttl", backup.spec.ttl.as_deref(), DEFAULT_TTL) {
-        Ok(d) => d,
-        Err(e) => return fail(&api, backup, now, e).await,
-    };
-    if let Err(e) = duration_of("timeout", backup.spec.timeout.as_deref(), "4h") {
-        return fail(&api, backup, now, e).await;
+    let ttl = backup.spec.ttl.map_or(DEFAULT_TTL, Duration::from);
+    if let Err(e) = crate::duration::positive(backup.spec.timeout.as_ref(), DEFAULT_VOLUME_TIMEOUT)
+    {
+        return fail(&api, backup, now, format!("spec.timeout: {e}")).await;
     }
     let pods = Api::<Pod>::all(client.clone())
         .list(&ListParams::default())
@@ -437,7 +434,8 @@ pub const ABANDON_GRACE: Duration = Duration::from_secs(600);
 /// The moment after which nobody will finish a volume: its start (or creation, if no
 /// agent took it) plus its time limit and a grace period.
 pub fn abandoned_after(volume: &PodVolumeBackup) -> Option<Timestamp> {
-    let limit = crate::duration::parse(volume.spec.timeout.as_deref().unwrap_or("4h")).ok()?;
+    let limit =
+        crate::duration::positive(volume.spec.timeout.as_ref(), DEFAULT_VOLUME_TIMEOUT).ok()?;
     let since = volume
         .status
         .as_ref()

@@ -223,7 +223,10 @@ async fn run_backup(
     running: &mut PodVolumeStatus,
 ) -> PodVolumeStatus {
     let spec = &pvb.spec;
-    let timeout = match crate::duration::parse(spec.timeout.as_deref().unwrap_or("4h")) {
+    let timeout = match crate::duration::positive(
+        spec.timeout.as_ref(),
+        crate::backups::DEFAULT_VOLUME_TIMEOUT,
+    ) {
         Ok(t) => t,
         Err(e) => return failed(format!("spec.timeout: {e}")),
     };

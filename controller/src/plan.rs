@@ -4,49 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::{BackupSpec, PodRef, PodVolumeBackupSpec, SkippedVolume};
 use crate::lineage::lineage;
 use crate::select::{Selection, back_up_claims_once, select_volumes};
 
-/// Why a label selector cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("label selector: {0}")]
-pub struct SelectorError(String);
-
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions with `In`,
-/// `NotIn`, `Exists`, `DoesNotExist`, as the API server evaluates them).
-pub fn matches(
-    selector: &LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, SelectorError> {
-    for (k, v) in selector.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return Ok(false);
-        }
-    }
-    for e in selector.match_expressions.iter().flatten() {
-        let value = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or(&[]);
-        let ok = match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            other => {
-                return Err(SelectorError(format!(
-                    "unknown operator {other:?} for key {}",
-                    e.key
-                )));
-            }
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
+pub use podvault_api::selector::SelectorError;
+use podvault_api::selector::{matcher, selects};
 
 /// Whether the Backup covers `namespace`.
 pub fn in_scope(spec: &BackupSpec, namespace: &str) -> bool {
@@ -65,6 +29,25 @@ pub fn repository_for(namespace: &str, storage: &str) -> (String, String) {
         namespace.to_string(),
         format!("{}/podvault/{namespace}", storage.trim_end_matches('/')),
     )
+}
+
+/// A pod's own time limit for its volumes (annotation `backup.podvault.io/timeout`),
+/// or why it cannot be read.
+fn pod_timeout(pod: &Pod) -> Result<Option<crate::duration::Duration>, String> {
+    let Some(text) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::select::TIMEOUT))
+    else {
+        return Ok(None);
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("annotation {}: {e}", crate::select::TIMEOUT);
+    let limit = crate::duration::parse(text).map_err(|e| bad(&e))?;
+    if limit.is_zero() {
+        return Err(bad(&format!("duration {text:?}: must be more than 0")));
+    }
+    Ok(Some(limit.into()))
 }
 
 /// The backup's work.
@@ -87,6 +70,7 @@ pub fn plan_backup(
     claims: &BTreeMap<(String, String), PersistentVolumeClaim>,
     volumes: &BTreeMap<String, PersistentVolume>,
 ) -> Result<Plan, SelectorError> {
+    let selector = spec.label_selector.as_ref().map(matcher).transpose()?;
     let mut selections: Vec<(PodRef, Selection, &Pod)> = Vec::new();
     let mut in_order: Vec<&Pod> = pods.iter().collect();
     in_order.sort_by(|a, b| {
@@ -97,11 +81,10 @@ pub fn plan_backup(
         if !in_scope(spec, &namespace) {
             continue;
         }
-        if let Some(selector) = &spec.label_selector {
-            let empty = BTreeMap::new();
-            if !matches(selector, pod.metadata.labels.as_ref().unwrap_or(&empty))? {
-                continue;
-            }
+        if let Some(selector) = &selector
+            && !selects(selector, pod.metadata.labels.as_ref())
+        {
+            continue;
         }
         let ns_claims: BTreeMap<String, PersistentVolumeClaim> = claims
             .iter()
@@ -123,13 +106,20 @@ pub fn plan_backup(
     back_up_claims_once(&mut pairs);
     let mut plan = Plan::default();
     for ((pod_ref, selection), (_, _, pod)) in pairs.into_iter().zip(&selections) {
-        let timeout = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::select::TIMEOUT))
-            .map(|t| t.trim().to_string())
-            .or_else(|| spec.timeout.clone());
+        let timeout = match pod_timeout(pod) {
+            Ok(t) => t.or(spec.timeout),
+            Err(reason) => {
+                plan.skipped
+                    .extend(selection.volumes.into_iter().map(|v| SkippedVolume {
+                        namespace: pod_ref.namespace.clone(),
+                        pod: pod_ref.name.clone(),
+                        volume: v.volume,
+                        reason: reason.clone(),
+                    }));
+                plan.skipped.extend(selection.skipped);
+                continue;
+            }
+        };
         let node = pod
             .spec
             .as_ref()
@@ -151,7 +141,7 @@ pub fn plan_backup(
                 repository: pod_ref.namespace.clone(),
                 exclude_paths: v.exclude_paths,
                 tags,
-                timeout: timeout.clone(),
+                timeout,
                 cancel: false,
             });
         }

@@ -128,13 +128,7 @@ pub fn plan_restore(restore: &Restore, records: &[(String, BackupRecord)]) -> Re
                 pod: None,
                 node: None,
                 ephemeral,
-                timeout: Some(
-                    restore
-                        .spec
-                        .timeout
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_TIMEOUT.to_string()),
-                ),
+                timeout: Some(restore.spec.timeout.unwrap_or(DEFAULT_TIMEOUT.into())),
             });
             plan.namespaces.insert(target.clone());
             if let Some(claim) = claim
@@ -357,7 +351,7 @@ async fn start(
         start_timestamp: Some(Time(now)),
         ..RestoreStatus::default()
     };
-    if let Err(e) = restore_timeout(restore.spec.timeout.as_deref()) {
+    if let Err(e) = restore_timeout(restore.spec.timeout.as_ref()) {
         return fail_at_start(
             client,
             settings,
@@ -516,10 +510,10 @@ async fn fail_unclaimed(
     volumes: &mut [PodVolumeRestore],
     now: Timestamp,
 ) -> Result<(), Error> {
-    let text = restore.spec.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT);
-    let Ok(limit) = restore_timeout(Some(text)) else {
+    let Ok(limit) = restore_timeout(restore.spec.timeout.as_ref()) else {
         return Ok(()); // refused at start; a later edit changes nothing
     };
+    let text = crate::duration::human(limit);
     let Some(since) = restore
         .status
         .as_ref()

@@ -528,25 +528,6 @@ async fn a_deleted_backup_waits_for_its_running_volumes_to_stop() {
 }
 
 #[tokio::test]
-async fn a_bad_ttl_fails_the_backup_with_a_message_naming_the_field() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let b = backup(json!({"spec": {"ttl": "tomorrow"}}));
-    let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
-            .body_check(|body| {
-                assert_eq!(body["status"]["phase"], "Failed");
-                let m = body["status"]["message"].as_str().expect("message");
-                assert!(m.starts_with("spec.ttl: ") && m.contains("tomorrow"), "{m}");
-            })
-            .ok(serde_json::to_value(backup(json!({}))).expect("json")),
-    ]);
-    reconcile(Arc::new(b), &client, &settings(tmp.path()), now())
-        .await
-        .expect("reconcile");
-    server.done().await;
-}
-
-#[tokio::test]
 async fn a_volume_no_node_agent_finishes_in_time_is_failed_by_the_controller() {
     let tmp = tempfile::tempdir().expect("tmp");
     let settings = settings(tmp.path());

@@ -117,3 +117,44 @@ spec:
     assert_eq!(status.phase, Phase::PartiallyFailed);
     assert!(status.phase.is_final());
 }
+
+/// Every duration field of every CRD, by its path in the schema.
+fn duration_fields(path: &str, schema: &serde_json::Value, found: &mut Vec<(String, String)>) {
+    for (key, child) in schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let here = format!("{path}.{key}");
+        if matches!(key.as_str(), "ttl" | "timeout") {
+            let pattern = child["pattern"].as_str().unwrap_or_default().to_string();
+            found.push((here.clone(), pattern));
+        }
+        duration_fields(&here, child, found);
+    }
+}
+
+#[test]
+fn durations_are_typed_and_their_schema_refuses_what_would_not_parse() {
+    let mut found = Vec::new();
+    for c in crd::all() {
+        let schema = serde_json::to_value(
+            c.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("schema"),
+        )
+        .expect("json");
+        duration_fields(&c.spec.names.kind, &schema, &mut found);
+    }
+    assert_eq!(found.len(), 5, "{found:?}");
+    for (path, pattern) in &found {
+        assert_eq!(pattern, podvault_api::duration::PATTERN, "{path}");
+    }
+    let bad = serde_yaml::from_str::<Backup>(
+        "apiVersion: podvault.io/v1alpha1\nkind: Backup\nmetadata: {name: b}\nspec: {ttl: tomorrow}\n",
+    );
+    assert!(bad.is_err(), "a ttl that is not a duration is not a Backup");
+}

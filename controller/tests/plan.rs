@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use podvault_api::duration::human;
 use podvault_controller::crd::BackupSpec;
-use podvault_controller::plan::{in_scope, matches, plan_backup, repository_for};
+use podvault_controller::plan::{in_scope, plan_backup, repository_for};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -118,31 +119,6 @@ fn scope_selectors_and_repository_names() {
     };
     assert!(in_scope(&spec, "shop") && !in_scope(&spec, "blog") && !in_scope(&spec, "x"));
     assert!(in_scope(&BackupSpec::default(), "anything"));
-    let labels = BTreeMap::from([("app".to_string(), "db".to_string())]);
-    let sel = |v: serde_json::Value| serde_json::from_value(v).expect("selector");
-    assert!(
-        matches(
-            &sel(serde_json::json!({"matchLabels": {"app": "db"}})),
-            &labels
-        )
-        .expect("ok")
-    );
-    assert!(
-        !matches(
-            &sel(serde_json::json!({"matchLabels": {"app": "web"}})),
-            &labels
-        )
-        .expect("ok")
-    );
-    assert!(matches(&sel(serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]})), &labels).expect("ok"));
-    assert!(!matches(&sel(serde_json::json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["db"]}]})), &labels).expect("ok"));
-    assert!(
-        matches(
-            &sel(serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]})),
-            &labels
-        )
-        .expect("ok")
-    );
     assert_eq!(
         repository_for("shop", "s3://bucket/backups/"),
         (
@@ -169,7 +145,7 @@ fn a_pod_annotation_overrides_the_backups_volume_time_limit() {
     let limits: Vec<(String, Option<String>)> = plan
         .volumes
         .iter()
-        .map(|v| (v.pod.name.clone(), v.timeout.clone()))
+        .map(|v| (v.pod.name.clone(), v.timeout.map(|t| human(t.into()))))
         .collect();
     assert_eq!(
         limits,
@@ -179,4 +155,27 @@ fn a_pod_annotation_overrides_the_backups_volume_time_limit() {
             ("db-7d9c6b5f4-x2k8q".to_string(), Some("1h".to_string())),
         ]
     );
+    // An annotation that is not a duration leaves the pod's volumes out, saying why.
+    for bad in ["soon", "0s", "-1h"] {
+        pods[0]
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("backup.podvault.io/timeout".into(), bad.into());
+        let plan = plan_backup("nightly", &spec, &pods, &claims, &volumes).expect("plan");
+        assert!(
+            plan.volumes
+                .iter()
+                .all(|v| v.pod.name != "db-7d9c6b5f4-aaaaa")
+        );
+        let reasons: Vec<&str> = plan
+            .skipped
+            .iter()
+            .filter(|s| s.pod == "db-7d9c6b5f4-aaaaa")
+            .map(|s| s.reason.as_str())
+            .filter(|r| r.starts_with("annotation backup.podvault.io/timeout: duration"))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{bad}: {:?}", plan.skipped);
+        assert!(reasons.iter().all(|r| r.contains(bad)), "{reasons:?}");
+    }
 }

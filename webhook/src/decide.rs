@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use podvault_api::crd::{Phase, PodVolumeRestore};
 use podvault_api::names::{POD_MARKERS, POD_MARKERS_MOUNT, RESTORE_HELPER};
-use podvault_api::pods::{restore_target, restore_timeout};
+use podvault_api::pods::{DEFAULT_RESTORE_TIMEOUT, restore_target, restore_timeout};
 use serde_json::Value;
 
 use crate::config::HelperConfig;
@@ -102,7 +102,7 @@ pub fn decide(
                 .entry(pvr.spec.restore_uid.as_str())
                 .or_insert_with(|| (Vec::new(), Duration::ZERO));
             entry.0.push(pvr.spec.volume.as_str());
-            entry.1 = entry.1.max(helper_timeout(pvr.spec.timeout.as_deref()));
+            entry.1 = entry.1.max(helper_timeout(pvr.spec.timeout.as_ref()));
         }
     }
     // One restore at a time into a namespace; if two claim the pod, the first (by UID)
@@ -178,10 +178,9 @@ pub fn decide(
 /// How long the helper waits: the Restore's time limit (a volume not restored by then
 /// is failed by the restore controller anyway), its default when the PodVolumeRestore
 /// does not say or says something unreadable, and never less than a minute.
-fn helper_timeout(limit: Option<&str>) -> Duration {
+fn helper_timeout(limit: Option<&podvault_api::duration::Duration>) -> Duration {
     restore_timeout(limit)
-        .or_else(|_| restore_timeout(None))
-        .unwrap_or(Duration::from_secs(4 * 3600))
+        .unwrap_or(DEFAULT_RESTORE_TIMEOUT)
         .max(Duration::from_secs(60))
 }
 

@@ -390,11 +390,12 @@ fn the_request_namespace_decides_whether_the_pod_names_one_or_not() {
 
 #[test]
 fn the_helper_waits_as_long_as_the_restore_and_reads_markers_where_it_can() {
+    let go = |text: &str| podvault_api::duration::typed(text).expect(text);
     let mut timed = pending();
     for p in &mut timed {
-        p.spec.timeout = Some("30m".into());
+        p.spec.timeout = Some(go("30m"));
     }
-    timed[0].spec.timeout = Some("45m".into());
+    timed[0].spec.timeout = Some(go("45m"));
     let command = |d: &podvault_webhook::decide::Decision| {
         let patch = serde_json::to_value(d.patch.as_ref().expect("patch")).expect("json");
         // The whole list of init containers, or the helper put first.
@@ -418,9 +419,9 @@ fn the_helper_waits_as_long_as_the_restore_and_reads_markers_where_it_can() {
     };
     // The longest limit of the restore's volumes, in seconds.
     assert_eq!(timeout(&timed), "2700");
-    // A limit that does not parse gets the default, and never less than a minute.
-    timed[0].spec.timeout = Some("soon".into());
-    timed[1].spec.timeout = Some("1s".into());
+    // A limit of zero gets the default, and none is less than a minute.
+    timed[0].spec.timeout = Some(go("0s"));
+    timed[1].spec.timeout = Some(go("1s"));
     assert_eq!(timeout(&timed), "14400");
     // A pod that already has a volume of the markers' name keeps it; the helper then
     // reads the markers inside the volumes.
