@@ -34,8 +34,7 @@ macro_rules! errln {
     };
 }
 
-mod cluster;
-mod commands;
+mod cli;
 mod output;
 
 use std::path::PathBuf;
@@ -98,35 +97,35 @@ pub struct Global {
     #[arg(long, global = true, env = "PODVAULT_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: Option<String>,
     #[command(flatten)]
-    cluster: cluster::ClusterArgs,
+    cluster: cli::cluster::ClusterArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create, check and manage repositories.
     #[command(subcommand)]
-    Repo(RepoCommand),
+    Repo(cli::repo::RepoCommand),
     /// Create, list, show and restore snapshots.
     #[command(subcommand)]
-    Snapshot(SnapshotCommand),
+    Snapshot(cli::snapshot::SnapshotCommand),
     /// Print podvault's CustomResourceDefinitions (YAML, for `kubectl apply -f -`).
     Crds,
     /// Back up pod volumes of a cluster (Backup objects).
     #[command(subcommand)]
-    Backup(cluster::BackupCommand),
+    Backup(cli::cluster::BackupCommand),
     /// Restore pod volumes from a backup (Restore objects).
     #[command(subcommand)]
-    Restore(cluster::RestoreCommand),
+    Restore(cli::cluster::RestoreCommand),
     /// Run the backup and restore controllers (in the cluster).
-    Controller(cluster::ControllerArgs),
+    Controller(cli::server::ControllerArgs),
     /// Run the node agent of one node (in the cluster, one per node).
-    NodeAgent(cluster::NodeAgentArgs),
+    NodeAgent(cli::server::NodeAgentArgs),
     /// Run the admission webhook that injects the restore helper (in the cluster).
-    Webhook(cluster::WebhookArgs),
+    Webhook(cli::server::WebhookArgs),
     /// The restore helper (init container): wait until every volume given is restored.
     /// Exits 0 then; non-zero with the reason if a volume's restore failed or time ran out,
     /// so the pod never starts on half-restored data.
-    RestoreWait(RestoreWaitArgs),
+    RestoreWait(cli::server::RestoreWaitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell). For bash:
     /// write the output to /etc/bash_completion.d/podvault, or source it from ~/.bashrc.
     Completion(CompletionArgs),
@@ -201,245 +200,6 @@ fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Args, Debug)]
-pub struct RestoreWaitArgs {
-    /// The Restore's UID (the marker's name).
-    #[arg(long, value_name = "UID")]
-    restore_uid: String,
-    /// The volumes to wait for, mounted at ROOT/<volume> (repeatable, or comma-separated).
-    #[arg(
-        long = "volume",
-        value_name = "NAME",
-        value_delimiter = ',',
-        required = true
-    )]
-    volumes: Vec<String>,
-    /// Where the volumes are mounted.
-    #[arg(long, default_value = "/restores", value_name = "DIR")]
-    root: PathBuf,
-    /// Read the markers from DIR/<volume>/ (the pod's marker volume, which the webhook
-    /// adds) instead of from each volume's `.podvault/`, which a helper running as
-    /// another user than the restored volume's owner may not be allowed to see.
-    #[arg(long, value_name = "DIR")]
-    markers: Option<PathBuf>,
-    /// Give up after this many seconds (0: wait for ever; the webhook always gives the
-    /// Restore's time limit).
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
-    timeout: u64,
-    /// Look every this many milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    poll_ms: u64,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum RepoCommand {
-    /// Create a new repository with a random master key wrapped by the password.
-    Init(InitArgs),
-    /// List the cluster's BackupRepositories (one per namespace) and their state, with
-    /// when each was last pruned; or show one (its name, or the namespace it serves).
-    Get {
-        name: Option<String>,
-        /// Output format (default: a table; --json is `-o json`).
-        #[arg(long, short, value_enum)]
-        output: Option<cluster::Format>,
-    },
-    /// Check the repository's structure and references (and with --read-data, every blob).
-    Check {
-        /// Read, authenticate and verify every blob of every pack.
-        #[arg(long)]
-        read_data: bool,
-        /// With --read-data, read only this share of the packs, chosen at random each run
-        /// (`10%` or `10`).
-        #[arg(long, value_name = "N%", value_parser = parse_percent, requires = "read_data")]
-        read_data_subset: Option<f64>,
-    },
-    /// Manage the passwords that open the repository.
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// Remove data no snapshot uses, repacking packs that are mostly garbage. Safe while
-    /// backups run: packs are deleted only once no session that might use them remains.
-    Prune {
-        /// Repack packs of which less than this percentage is in use.
-        #[arg(long, value_name = "N%", value_parser = parse_percent, default_value = "50")]
-        repack_below: f64,
-        /// Report what would be done; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Repair damaged repository metadata.
-    #[command(subcommand)]
-    Repair(RepairCommand),
-    /// List the sessions (processes working on the repository) and whether each is live;
-    /// remove those of processes that are gone so they no longer hold back a prune.
-    Sessions {
-        /// Remove this session (its name or a unique prefix of at least 4 hex digits) if it
-        /// is not live (repeatable).
-        #[arg(long, value_name = "ID")]
-        remove: Vec<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum RepairCommand {
-    /// Rebuild the index from the packs' own headers, replacing every index file.
-    Index,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum KeyCommand {
-    /// List the keys (the one used now is starred).
-    List,
-    /// Remove a key by id (a unique prefix); not the last one, nor the one used now.
-    Remove {
-        /// Key id or a unique prefix of at least 4 hex digits.
-        id: String,
-    },
-    /// Change the password: add a key for the new password, remove the one used now.
-    Passwd {
-        /// Read the new password from this file (else prompt).
-        #[arg(long, value_name = "FILE")]
-        new_password_file: Option<PathBuf>,
-    },
-    /// Add a password that opens the same repository.
-    Add {
-        /// Read the new password from this file (else prompt).
-        #[arg(long, value_name = "FILE")]
-        new_password_file: Option<PathBuf>,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct InitArgs {
-    /// Argon2id memory in KiB for the password key.
-    #[arg(long, default_value_t = podvault_store::KdfParams::default().memory_kib)]
-    kdf_memory_kib: u32,
-    /// Argon2id passes.
-    #[arg(long, default_value_t = podvault_store::KdfParams::default().iterations)]
-    kdf_iterations: u32,
-    /// Argon2id lanes, computed in parallel on the machine's cores.
-    #[arg(long, default_value_t = podvault_store::KdfParams::default().parallelism)]
-    kdf_lanes: u32,
-    /// Smallest chunk in bytes.
-    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_MIN_CHUNK_BYTES)]
-    chunk_min: u32,
-    /// Average chunk in bytes (a power of two).
-    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_AVG_CHUNK_BYTES)]
-    chunk_avg: u32,
-    /// Largest chunk in bytes.
-    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_MAX_CHUNK_BYTES)]
-    chunk_max: u32,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum SnapshotCommand {
-    /// Back up a directory.
-    Create(CreateArgs),
-    /// List snapshots, oldest first.
-    Ls,
-    /// Show one snapshot's statistics.
-    Show {
-        /// Snapshot id (or a unique prefix) or `latest`.
-        id: String,
-    },
-    /// Restore a snapshot into a directory.
-    Restore(RestoreArgs),
-    /// Remove snapshots by id, or all but those retention rules keep (per host and source).
-    Forget(ForgetArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ForgetArgs {
-    /// Snapshots to remove (ids or unique prefixes); or give --keep-* rules.
-    ids: Vec<String>,
-    /// Keep the newest N snapshots.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    keep_last: usize,
-    /// Keep the newest snapshot of each of the last N days that have one.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    keep_daily: usize,
-    /// Keep the newest snapshot of each of the last N weeks that have one.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    keep_weekly: usize,
-    /// Keep the newest snapshot of each of the last N months that have one.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    keep_monthly: usize,
-    /// Keep every snapshot with this tag (repeatable).
-    #[arg(long = "keep-tag", value_name = "TAG")]
-    keep_tags: Vec<String>,
-    /// Only consider snapshots with this tag (repeatable: all must match).
-    #[arg(long = "tag", value_name = "TAG")]
-    tags: Vec<String>,
-    /// Only consider snapshots of this host.
-    #[arg(long)]
-    host: Option<String>,
-    /// Only consider snapshots of this source directory.
-    #[arg(long)]
-    source: Option<String>,
-    /// Show what would be removed; remove nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Prune afterwards.
-    #[arg(long)]
-    prune: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct CreateArgs {
-    /// The directory to back up.
-    dir: PathBuf,
-    /// Tag the snapshot (repeatable).
-    #[arg(long = "tag", value_name = "TAG")]
-    tags: Vec<String>,
-    /// Compare with this snapshot instead of the latest of the same directory and host.
-    #[arg(long, value_name = "ID", conflicts_with = "no_parent")]
-    parent: Option<String>,
-    /// Read every file, comparing with no earlier snapshot.
-    #[arg(long)]
-    no_parent: bool,
-    /// Cut and hash changed files in full: do not take the chunks of a large file's
-    /// previous version that a keyed fingerprint finds still in place.
-    #[arg(long)]
-    full_hash: bool,
-    /// Leave out paths that match (repeatable): a pattern without `/` matches a name at
-    /// any depth (`*.tmp`), one with `/` the path from the backed-up directory
-    /// (`pg_wal/*.tmp`, `data/**/cache`).
-    #[arg(long = "exclude", value_name = "GLOB")]
-    excludes: Vec<String>,
-    /// Host name to record (default: this machine's).
-    #[arg(long)]
-    host: Option<String>,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// zstd level for new data.
-    #[arg(long, default_value_t = podvault_store::limits::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
-    compression_level: i32,
-}
-
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    /// Snapshot id (or a unique prefix) or `latest`.
-    id: String,
-    /// Directory to restore into (created if missing; must be empty unless --overwrite).
-    target: PathBuf,
-    /// Restore into a non-empty directory, replacing entries the snapshot also has.
-    #[arg(long)]
-    overwrite: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-}
-
-fn parse_percent(text: &str) -> Result<f64, String> {
-    let number = text.strip_suffix('%').unwrap_or(text).trim();
-    match number.parse::<f64>() {
-        Ok(n) if (0.0..=100.0).contains(&n) && n > 0.0 => Ok(n),
-        _ => Err(format!(
-            "{text:?} is not a percentage above 0 and at most 100"
-        )),
-    }
-}
-
 fn init_tracing(verbose: u8, level: Option<&str>, json: bool) {
     let default = match (level, verbose) {
         (Some(level), _) => level,
@@ -492,16 +252,16 @@ fn main() -> ExitCode {
         cli.global.log_format == "json",
     );
     let result = match cli.command {
-        Command::Repo(cmd) => commands::repo(&cli.global, cmd),
-        Command::Snapshot(cmd) => commands::snapshot(&cli.global, cmd),
-        Command::RestoreWait(args) => commands::restore_wait(args),
+        Command::Repo(cmd) => cli::repo::repo(&cli.global, cmd),
+        Command::Snapshot(cmd) => cli::snapshot::snapshot(&cli.global, cmd),
+        Command::RestoreWait(args) => cli::server::restore_wait(args),
         Command::Completion(args) => Ok(completion(args)),
         Command::Man(args) => man(args),
-        Command::Backup(command) => cluster::backup(&cli.global, command),
-        Command::Restore(command) => cluster::restore(&cli.global, command),
-        Command::Controller(args) => cluster::controller(&cli.global, args),
-        Command::NodeAgent(args) => cluster::node_agent(&cli.global, args),
-        Command::Webhook(args) => cluster::webhook(&cli.global, args),
+        Command::Backup(command) => cli::cluster::backup(&cli.global, command),
+        Command::Restore(command) => cli::cluster::restore(&cli.global, command),
+        Command::Controller(args) => cli::server::controller(&cli.global, args),
+        Command::NodeAgent(args) => cli::server::node_agent(&cli.global, args),
+        Command::Webhook(args) => cli::server::webhook(&cli.global, args),
         Command::Crds => podvault_controller::crd::yaml()
             .map(|y| {
                 out!("{y}");

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use podvault_scanner::{BackupReport, Progress};
-use podvault_store::{CheckReport, Snapshot, SnapshotId};
+use podvault_store::{CheckReport, PruneReport, Snapshot, SnapshotId};
 
 /// Standard output can take no more: its reader is gone, or writing failed.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
@@ -201,6 +201,69 @@ pub fn check(r: &CheckReport) {
         }
     }
     outln!("{} errors", r.problems.len());
+}
+
+/// Prints what a prune did (or, dry, would do): JSON, or words.
+pub fn print_prune(as_json: bool, report: &PruneReport) -> anyhow::Result<()> {
+    if as_json {
+        return json(report);
+    }
+    prune(report);
+    Ok(())
+}
+
+fn prune(report: &PruneReport) {
+    let verb = if report.dry_run { "would " } else { "" };
+    outln!(
+        "{} snapshots use the data; {} packs examined: {} unused, {} mostly unused",
+        report.snapshots,
+        report.packs,
+        report.packs_unused,
+        report.packs_repacked
+    );
+    outln!(
+        "{verb}repack {} blobs ({}); {verb}mark {} packs for deletion",
+        report.blobs_repacked,
+        bytes(report.bytes_repacked),
+        report.packs_marked
+    );
+    if !report.dry_run {
+        outln!(
+            "deleted {} packs, freeing {}; kept {} marked packs still in use; rewrote {} index files",
+            report.packs_deleted,
+            bytes(report.bytes_freed),
+            report.packs_rescued,
+            report.index_files_rewritten
+        );
+    }
+    if report.partials_removed > 0 {
+        outln!(
+            "{}removed {} temporary files of writes interrupted over a day ago ({})",
+            if report.dry_run { "would have " } else { "" },
+            report.partials_removed,
+            bytes(report.partial_bytes)
+        );
+    }
+    if report.packs_running > 0 {
+        outln!(
+            "left {} packs of running backups alone (no snapshot names them yet)",
+            report.packs_running
+        );
+    }
+    if !report.waiting_for.is_empty() {
+        outln!(
+            "some deletions wait for {} running sessions to end ({}); run prune again later",
+            report.waiting_for.len(),
+            report.waiting_for.join(", ")
+        );
+    }
+    for name in &report.unreadable_sessions {
+        outln!(
+            "session {name} cannot be read (damaged, or written by a newer podvault) and counts \
+             as running: if no process uses it, remove it with `podvault repo sessions --remove {}`",
+            &name[..name.len().min(8)]
+        );
+    }
 }
 
 /// A terminal progress bar fed from the pipeline's counters.

@@ -15,6 +15,7 @@ pub mod node_agent;
 pub mod plan;
 pub mod repositories;
 pub mod restores;
+pub mod run;
 pub mod select;
 
 pub use podvault_api::{crd, duration};

@@ -95,6 +95,99 @@ pub fn apply_policy(snapshots: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -
     out
 }
 
+/// Which snapshots a policy looks at: those of this host, this source, with all these
+/// tags (an empty field admits every snapshot).
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFilter {
+    /// Only this host's snapshots.
+    pub host: Option<String>,
+    /// Only snapshots of this source path.
+    pub source: Option<String>,
+    /// Only snapshots carrying every one of these tags.
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `snapshot` is one the filter admits.
+    pub fn admits(&self, snapshot: &Snapshot) -> bool {
+        self.host.as_ref().is_none_or(|h| &snapshot.host == h)
+            && self.source.as_ref().is_none_or(|p| &snapshot.source == p)
+            && self.tags.iter().all(|t| snapshot.tags.contains(t))
+    }
+}
+
+/// What to forget: snapshots named by id (prefix), or those a policy does not keep.
+#[derive(Clone, Debug)]
+pub enum Forget {
+    /// These snapshots, by id or unique prefix; their files are not read, so a damaged
+    /// snapshot can be forgotten too.
+    Ids(Vec<String>),
+    /// Among the snapshots `filter` admits, those `policy` does not keep.
+    Policy {
+        /// Which snapshots the policy looks at.
+        filter: SnapshotFilter,
+        /// What it keeps.
+        policy: KeepPolicy,
+    },
+}
+
+/// The outcome of a forget, before anything is removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ForgetPlan {
+    /// The snapshots to remove.
+    pub remove: Vec<Decision>,
+    /// The snapshots kept, with the rules that keep them.
+    pub keep: Vec<Decision>,
+}
+
+impl crate::Repository {
+    /// Which snapshots `what` removes and keeps. A policy with no rule is refused: it
+    /// would forget every snapshot.
+    pub fn plan_forget(&self, what: &Forget) -> crate::Result<ForgetPlan> {
+        let mut plan = ForgetPlan::default();
+        match what {
+            Forget::Ids(references) => {
+                for reference in references {
+                    plan.remove.push(Decision {
+                        id: self.resolve_snapshot(reference)?,
+                        keep: false,
+                        reasons: Vec::new(),
+                    });
+                }
+            }
+            Forget::Policy { filter, policy } => {
+                if policy.is_empty() {
+                    return Err(crate::Error::InvalidParameter {
+                        name: "retention policy",
+                        reason: "no --keep-* rule: refusing to forget every snapshot (give \
+                                 --keep-last 1 or more, or the ids to forget)"
+                            .into(),
+                    });
+                }
+                let chosen: Vec<_> = self
+                    .snapshots()?
+                    .into_iter()
+                    .filter(|(_, s)| filter.admits(s))
+                    .collect();
+                let (keep, remove) = apply_policy(&chosen, policy)
+                    .into_iter()
+                    .partition(|d| d.keep);
+                plan.keep = keep;
+                plan.remove = remove;
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Removes the snapshots `plan` names.
+    pub fn forget(&self, plan: &ForgetPlan) -> crate::Result<()> {
+        for d in &plan.remove {
+            self.remove_snapshot(&d.id)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::KdfParams;
 pub use error::{Error, Result};
 pub use fasthash::FastHasher;
-pub use forget::{Decision, KeepPolicy, apply_policy};
+pub use forget::{Decision, Forget, ForgetPlan, KeepPolicy, SnapshotFilter, apply_policy};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId, TreeId};
 pub use index::BlobLocation;
 pub use maintenance::{

@@ -411,3 +411,89 @@ fn a_pack_write_that_fails_is_reported_and_its_blobs_stored_again() {
         .expect("check");
     assert!(report.is_ok(), "{:?}", report.problems);
 }
+
+#[test]
+fn forget_plans_by_id_or_by_policy_within_a_filter_and_never_everything() {
+    use podvault_store::{
+        Forget, KeepPolicy, Node, NodeKind, Snapshot, SnapshotFilter, Summary, TreeId,
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = Repository::init(backend(tmp.path()), b"pw", &fast_init()).expect("init");
+    let save = |host: &str, hour: u32, tags: &[&str]| {
+        let time = chrono::DateTime::parse_from_rfc3339(&format!("2026-12-01T{hour:02}:00:00Z"))
+            .expect("time")
+            .to_utc();
+        repo.save_snapshot(&Snapshot {
+            time,
+            host: host.into(),
+            source: "/data".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            parent: None,
+            tree: TreeId::from_bytes([0; 32]),
+            root: Node::plain(b"data", NodeKind::Dir),
+            username: "u".into(),
+            program_version: "test".into(),
+            summary: Summary::default(),
+        })
+        .expect("save")
+    };
+    let a1 = save("a", 1, &[]);
+    let a2 = save("a", 2, &["db"]);
+    let b1 = save("b", 1, &[]);
+    let policy = |last| KeepPolicy {
+        last,
+        ..KeepPolicy::default()
+    };
+    let only_a = SnapshotFilter {
+        host: Some("a".into()),
+        ..SnapshotFilter::default()
+    };
+    let plan = repo
+        .plan_forget(&Forget::Policy {
+            filter: only_a.clone(),
+            policy: policy(1),
+        })
+        .expect("plan");
+    let ids = |d: &[podvault_store::Decision]| d.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(&plan.remove), [a1]);
+    assert_eq!(ids(&plan.keep), [a2]);
+    assert_eq!(plan.keep[0].reasons, ["last"]);
+    let tagged = SnapshotFilter {
+        tags: vec!["db".into()],
+        ..SnapshotFilter::default()
+    };
+    let plan = repo
+        .plan_forget(&Forget::Policy {
+            filter: tagged,
+            policy: policy(1),
+        })
+        .expect("plan");
+    assert!(plan.remove.is_empty() && ids(&plan.keep) == [a2]);
+    let err = repo
+        .plan_forget(&Forget::Policy {
+            filter: only_a,
+            policy: policy(0),
+        })
+        .expect_err("no rule");
+    assert!(
+        err.to_string()
+            .contains("refusing to forget every snapshot"),
+        "{err}"
+    );
+    let by_id = repo
+        .plan_forget(&Forget::Ids(vec![b1.to_hex()[..8].to_string()]))
+        .expect("plan");
+    assert_eq!(ids(&by_id.remove), [b1]);
+    assert!(
+        repo.plan_forget(&Forget::Ids(vec!["ffffffffff".into()]))
+            .is_err()
+    );
+    repo.forget(&by_id).expect("forget");
+    let left: Vec<_> = repo
+        .snapshots()
+        .expect("list")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(left.contains(&a1) && left.contains(&a2) && !left.contains(&b1));
+}

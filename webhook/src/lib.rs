@@ -5,5 +5,8 @@
 pub mod config;
 pub mod decide;
 pub mod handler;
+pub mod run;
 pub mod server;
 pub mod watch;
+
+pub use run::{Certificates, Config, Error, Webhook};

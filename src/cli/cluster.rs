@@ -1,19 +1,19 @@
-//! The roles that run in the cluster (`controller`, `node-agent`) and the user's commands
-//! against a cluster (`backup …`, `restore …`, `repo get`), with the kubeconfig found as
-//! kubectl finds it.
+//! The commands that talk to a cluster: `backup …`, `restore …` and `repo get` create,
+//! list, describe and delete podvault's objects, as kubectl would, with the kubeconfig
+//! found as kubectl finds it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use super::runtime;
 use clap::{Args, Subcommand, ValueEnum};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
-use podvault_controller::cluster::{BACKUP_LABEL, RESTORE_LABEL, Settings};
+use podvault_controller::cluster::{BACKUP_LABEL, RESTORE_LABEL};
 use podvault_controller::crd::{
     Backup, BackupRepository, BackupSpec, Phase, PodVolumeBackup, PodVolumeRestore, Restore,
     RestoreSpec,
@@ -58,105 +58,24 @@ pub enum Format {
     Yaml,
 }
 
+/// `get [NAME]`: one object, or all of them.
 #[derive(Args, Debug)]
-pub struct ServerArgs {
-    /// The storage root: `s3:BUCKET/PREFIX` or a directory; each namespace's repository
-    /// is at `<storage>/podvault/<namespace>`.
-    #[arg(long, env = "PODVAULT_STORAGE", value_name = "LOCATION")]
-    storage: String,
-    /// Serve Prometheus metrics here.
-    #[arg(long, env = "PODVAULT_METRICS_ADDRESS", default_value = "0.0.0.0:8085")]
-    metrics_address: SocketAddr,
-    /// This process's name in Events and Leases (the pod's name).
-    #[arg(long, env = "POD_NAME", default_value = "podvault")]
-    pod_name: String,
+pub struct GetArgs {
+    /// The object's name (default: list them all).
+    pub name: Option<String>,
+    /// Output format (default: a table; --json is `-o json`).
+    #[arg(long, short, value_enum)]
+    pub output: Option<Format>,
 }
 
+/// `describe NAME`: one object with its volumes.
 #[derive(Args, Debug)]
-pub struct ControllerArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// Take a Lease before working, so that only one of several replicas acts.
-    #[arg(long, env = "PODVAULT_LEADER_ELECT")]
-    leader_elect: bool,
-    /// Prune each repository this often (Go duration), freeing the data of forgotten
-    /// snapshots.
-    #[arg(long, env = "PODVAULT_MAINTENANCE_INTERVAL", default_value = podvault_controller::repositories::DEFAULT_INTERVAL, value_parser = podvault_api::duration::parse)]
-    maintenance_interval: Duration,
-}
-
-#[derive(Args, Debug)]
-pub struct NodeAgentArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// This node's name (from the downward API: spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    node: String,
-    /// The kubelet's pods directory, as mounted into the agent.
-    #[arg(long, env = "PODVAULT_KUBELET_PODS_ROOT", default_value = podvault_controller::hostpath::DEFAULT_PODS_ROOT)]
-    kubelet_pods_root: PathBuf,
-    /// Volumes backed up or restored at the same time on this node.
-    #[arg(long, env = "PODVAULT_CONCURRENCY", default_value_t = 2)]
-    concurrency: usize,
-    /// Seconds between progress updates in a running volume's status.
-    #[arg(long, default_value_t = 5)]
-    report_every: u64,
-}
-
-#[derive(Args, Debug)]
-pub struct WebhookArgs {
-    /// The serving certificate (PEM), reloaded when it changes.
-    #[arg(long, env = "PODVAULT_TLS_CERT", default_value = "/certs/tls.crt")]
-    tls_cert: PathBuf,
-    /// Its private key (PEM).
-    #[arg(long, env = "PODVAULT_TLS_KEY", default_value = "/certs/tls.key")]
-    tls_key: PathBuf,
-    /// Serve admission requests (HTTPS) here.
-    #[arg(long, env = "PODVAULT_WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
-    address: SocketAddr,
-    /// Serve Prometheus metrics (plain HTTP) here.
-    #[arg(long, env = "PODVAULT_METRICS_ADDRESS", default_value = "0.0.0.0:8086")]
-    metrics_address: SocketAddr,
-    /// This process's name in Events (the pod's name).
-    #[arg(long, env = "POD_NAME", default_value = "podvault-webhook")]
-    pod_name: String,
-    /// Where the serving certificate comes from: `files` (mounted, from cert-manager or
-    /// your own), or `builtin` (podvault makes a CA and certificate, keeps them in a
-    /// Secret, writes them to --tls-cert/--tls-key and keeps the webhook configuration's
-    /// caBundle current).
-    #[arg(long, env = "PODVAULT_CERTIFICATES", value_enum, default_value_t)]
-    certificates: Certificates,
-    /// builtin: the Secret holding the CA and certificate (in the install namespace).
-    #[arg(
-        long,
-        env = "PODVAULT_CERTIFICATE_SECRET",
-        default_value = "podvault-webhook-tls"
-    )]
-    certificate_secret: String,
-    /// builtin: the webhook's Service, whose names the certificate carries.
-    #[arg(
-        long,
-        env = "PODVAULT_WEBHOOK_SERVICE",
-        default_value = "podvault-webhook"
-    )]
-    service: String,
-    /// builtin: the MutatingWebhookConfiguration whose caBundle is kept current.
-    #[arg(
-        long,
-        env = "PODVAULT_WEBHOOK_CONFIGURATION",
-        default_value = "podvault"
-    )]
-    webhook_configuration: String,
-}
-
-/// Where the webhook's serving certificate comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Certificates {
-    /// Read from the mounted files (cert-manager's Secret, or your own).
-    #[default]
-    Files,
-    /// Made and renewed by podvault itself.
-    Builtin,
+pub struct DescribeArgs {
+    /// The object's name.
+    pub name: String,
+    /// Output format (default: words; --json is `-o json`).
+    #[arg(long, short, value_enum)]
+    pub output: Option<Format>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,20 +83,10 @@ pub enum BackupCommand {
     /// Create a Backup.
     Create(BackupCreateArgs),
     /// List Backups, or show one.
-    Get {
-        name: Option<String>,
-        /// Output format (default: a table; --json is `-o json`).
-        #[arg(long, short, value_enum)]
-        output: Option<Format>,
-    },
+    Get(GetArgs),
     /// Show a Backup with each volume's phase, progress and errors (`-o json|yaml`: the
     /// Backup and its PodVolumeBackups as a List).
-    Describe {
-        name: String,
-        /// Output format (default: words; --json is `-o json`).
-        #[arg(long, short, value_enum)]
-        output: Option<Format>,
-    },
+    Describe(DescribeArgs),
     /// Delete a Backup: its snapshots are forgotten first (prune frees the data).
     Delete { name: String },
     /// Stop a running Backup; its volumes end Canceled.
@@ -215,20 +124,10 @@ pub enum RestoreCommand {
     /// Create a Restore from a backup.
     Create(RestoreCreateArgs),
     /// List Restores, or show one.
-    Get {
-        name: Option<String>,
-        /// Output format (default: a table; --json is `-o json`).
-        #[arg(long, short, value_enum)]
-        output: Option<Format>,
-    },
+    Get(GetArgs),
     /// Show a Restore with each volume's phase and errors (`-o json|yaml`: the Restore and
     /// its PodVolumeRestores as a List).
-    Describe {
-        name: String,
-        /// Output format (default: words; --json is `-o json`).
-        #[arg(long, short, value_enum)]
-        output: Option<Format>,
-    },
+    Describe(DescribeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -256,13 +155,6 @@ pub struct RestoreCreateArgs {
     wait: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// The innermost cause of an error: the one that says what actually went wrong, where
 /// each outer layer only repeats it.
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -276,7 +168,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 /// A client of the cluster `cluster` names: its kubeconfig and context when given, else
 /// found as kubectl finds it (KUBECONFIG, ~/.kube/config) or the pod's service account.
 /// A failure is said once, with where podvault looked.
-async fn client(cluster: &ClusterArgs) -> Result<Client> {
+pub async fn client(cluster: &ClusterArgs) -> Result<Client> {
     let options = kube::config::KubeConfigOptions {
         context: cluster.context.clone(),
         ..Default::default()
@@ -307,97 +199,29 @@ async fn client(cluster: &ClusterArgs) -> Result<Client> {
         .map_err(|e| anyhow::anyhow!("connecting to the cluster: {}", innermost(&e)))
 }
 
-fn settings(global: &Global, server: &ServerArgs) -> Settings {
-    Settings {
-        namespace: global.cluster.namespace.clone(),
-        storage: server.storage.clone(),
-        s3: crate::commands::s3_options(global),
-        init: podvault_controller::cluster::generated_key_init(),
-    }
-}
-
-fn recorder(client: &Client, server: &ServerArgs, role: &str) -> Recorder {
-    Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: format!("podvault-{role}"),
-            instance: Some(server.pod_name.clone()),
-        },
-    )
-}
-
-fn spawn_metrics(address: SocketAddr) {
-    tokio::spawn(async move {
-        if let Err(e) = podvault_controller::metrics::serve(address).await {
-            tracing::error!("metrics server on {address}: {e}");
-        }
-    });
-}
-
-/// `podvault controller`: the backup and restore controllers.
-pub fn controller(global: &Global, args: ControllerArgs) -> Result<ExitCode> {
-    let every = args.maintenance_interval;
-    runtime()?.block_on(async move {
-        let client = client(&global.cluster).await?;
-        spawn_metrics(args.server.metrics_address);
-        let settings = settings(global, &args.server);
-        if args.leader_elect {
-            podvault_controller::leader::acquire(
-                &client,
-                &settings.namespace,
-                "podvault-controller",
-                &args.server.pod_name,
-            )
-            .await?;
-        }
-        tracing::info!(namespace = %settings.namespace, storage = %settings.storage, "controller running");
-        let backups = podvault_controller::backups::run(
-            client.clone(),
-            settings.clone(),
-            recorder(&client, &args.server, "controller"),
-        );
-        let restores = podvault_controller::restores::run(
-            client.clone(),
-            settings.clone(),
-            recorder(&client, &args.server, "controller"),
-        );
-        let repositories =
-            podvault_controller::repositories::run(client.clone(), settings, every);
-        tokio::join!(backups, restores, repositories);
-        tracing::info!("controller stopped");
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// `podvault node-agent`: this node's volume backups and restores.
-pub fn node_agent(global: &Global, args: NodeAgentArgs) -> Result<ExitCode> {
-    runtime()?.block_on(async move {
-        let client = client(&global.cluster).await?;
-        spawn_metrics(args.server.metrics_address);
-        let mut agent = podvault_controller::node_agent::Agent {
-            node: args.node.clone(),
-            pods_root: args.kubelet_pods_root.clone(),
-            concurrency: args.concurrency,
-            report_every: Duration::from_secs(args.report_every.max(1)),
-            settings: settings(global, &args.server),
-        };
-        podvault_controller::node_agent::configure_for_node(&client, &mut agent).await?;
-        podvault_controller::node_agent::check_pods_root(&client, &agent).await?;
-        tracing::info!(
-            node = %agent.node, root = %agent.pods_root.display(),
-            concurrency = agent.concurrency, "node agent running"
-        );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        // Volumes still running when the agent stops stay InProgress; the next start of the
-        // agent does them again, resuming from the data already uploaded.
-        tokio::select! {
-            r = podvault_controller::node_agent::run(client, agent) => r?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("node agent stopping (SIGINT)"),
-            _ = term.recv() => tracing::info!("node agent stopping (SIGTERM)"),
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+/// Reads the object `name` (or lists them all) and prints it as `output` asks; returns
+/// the objects when a table is wanted, for the caller to draw.
+async fn get_and_print<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: Option<&str>,
+    output: Format,
+) -> Result<Option<Vec<K>>>
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let items = match name {
+        Some(n) => vec![api.get(n).await.with_context(|| format!("{kind} {n}"))?],
+        None => api.list(&ListParams::default()).await?.items,
+    };
+    let shown = match (name, items.as_slice()) {
+        (Some(_), [one]) => print(output, one)?,
+        _ => print(
+            output,
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )?,
+    };
+    Ok((!shown).then_some(items))
 }
 
 /// The output format a command was asked for: `-o`, else `--json`, else a table (or
@@ -464,9 +288,8 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
             .transpose()?;
     }
     let output = match &cmd {
-        BackupCommand::Get { output, .. } | BackupCommand::Describe { output, .. } => {
-            format(global, *output)
-        }
+        BackupCommand::Get(GetArgs { output, .. })
+        | BackupCommand::Describe(DescribeArgs { output, .. }) => format(global, *output),
         _ => format(global, None),
     };
     runtime()?.block_on(async move {
@@ -508,20 +331,8 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
                 }
                 Ok(exit_for(phase))
             }
-            BackupCommand::Get { name, output: _ } => {
-                let items = match &name {
-                    Some(n) => vec![api.get(n).await.with_context(|| format!("backup {n}"))?],
-                    None => api.list(&ListParams::default()).await?.items,
-                };
-                let shown = if name.is_some() && items.len() == 1 {
-                    print(output, &items[0])?
-                } else {
-                    print(
-                        output,
-                        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
-                    )?
-                };
-                if !shown {
+            BackupCommand::Get(GetArgs { name, .. }) => {
+                if let Some(items) = get_and_print(&api, "backup", name.as_deref(), output).await? {
                     outln!(
                         "{:<28} {:<16} {:>8} {:>7} {:>12} {:<26} {:<26}",
                         "NAME",
@@ -548,7 +359,7 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            BackupCommand::Describe { name, output: _ } => {
+            BackupCommand::Describe(DescribeArgs { name, .. }) => {
                 let b = api
                     .get(&name)
                     .await
@@ -717,9 +528,8 @@ pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
         }
     }
     let output = match &cmd {
-        RestoreCommand::Get { output, .. } | RestoreCommand::Describe { output, .. } => {
-            format(global, *output)
-        }
+        RestoreCommand::Get(GetArgs { output, .. })
+        | RestoreCommand::Describe(DescribeArgs { output, .. }) => format(global, *output),
         RestoreCommand::Create(_) => format(global, None),
     };
     runtime()?.block_on(async move {
@@ -775,20 +585,9 @@ pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
                 }
                 Ok(exit_for(phase))
             }
-            RestoreCommand::Get { name, output: _ } => {
-                let items = match &name {
-                    Some(n) => vec![api.get(n).await.with_context(|| format!("restore {n}"))?],
-                    None => api.list(&ListParams::default()).await?.items,
-                };
-                let shown = if name.is_some() && items.len() == 1 {
-                    print(output, &items[0])?
-                } else {
-                    print(
-                        output,
-                        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
-                    )?
-                };
-                if !shown {
+            RestoreCommand::Get(GetArgs { name, .. }) => {
+                if let Some(items) = get_and_print(&api, "restore", name.as_deref(), output).await?
+                {
                     outln!(
                         "{:<32} {:<24} {:<16} {:>8} {:>7}",
                         "NAME",
@@ -811,7 +610,7 @@ pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            RestoreCommand::Describe { name, output: _ } => {
+            RestoreCommand::Describe(DescribeArgs { name, .. }) => {
                 let r = api
                     .get(&name)
                     .await
@@ -909,96 +708,6 @@ pub fn repo_get(global: &Global, name: Option<String>, output: Option<Format>) -
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// `podvault webhook`: the admission webhook that injects the restore helper.
-pub fn webhook(global: &Global, args: WebhookArgs) -> Result<ExitCode> {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-    // Mounted certificates must load before anything else: a webhook that cannot present
-    // one would only fail every request. Built-in ones are made first, then loaded.
-    let mounted = match args.certificates {
-        Certificates::Files => Some(podvault_certs::Reloader::new(
-            &args.tls_cert,
-            &args.tls_key,
-        )?),
-        Certificates::Builtin => None,
-    };
-    runtime()?.block_on(async move {
-        let client = client(&global.cluster).await?;
-        if args.certificates == Certificates::Builtin {
-            let target = podvault_certs::builtin::Target {
-                namespace: global.cluster.namespace.clone(),
-                secret: args.certificate_secret.clone(),
-                names: podvault_certs::builtin::service_names(
-                    &args.service,
-                    &global.cluster.namespace,
-                ),
-                webhook_configuration: args.webhook_configuration.clone(),
-                cert_path: args.tls_cert.clone(),
-                key_path: args.tls_key.clone(),
-            };
-            podvault_certs::builtin::ensure_at_start(&client, &target, Duration::from_secs(300))
-                .await
-                .context("making the webhook's built-in certificate")?;
-            tokio::spawn(podvault_certs::builtin::run(
-                client.clone(),
-                target,
-                Duration::from_secs(3600),
-            ));
-        }
-        let reloader = match mounted {
-            Some(r) => r,
-            None => podvault_certs::Reloader::new(&args.tls_cert, &args.tls_key)?,
-        };
-        let tls = podvault_certs::server_config(reloader.clone())?;
-        let version = env!("CARGO_PKG_VERSION").to_string();
-        let shared = Arc::new(podvault_webhook::server::Shared {
-            state: podvault_webhook::handler::State::new(&global.cluster.namespace, &version),
-            ready: AtomicBool::new(false),
-            metrics: podvault_webhook::server::Metrics::new()?,
-        });
-        let _reload = reloader.watch(Duration::from_secs(10));
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "podvault-webhook".into(),
-                instance: Some(args.pod_name.clone()),
-            },
-        );
-        tokio::spawn(podvault_webhook::watch::run(
-            client,
-            shared.clone(),
-            global.cluster.namespace.clone(),
-            version,
-            Some(recorder),
-        ));
-        let metrics = tokio::net::TcpListener::bind(args.metrics_address)
-            .await
-            .with_context(|| format!("binding {}", args.metrics_address))?;
-        let metrics_app = podvault_webhook::server::metrics_app(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum_serve(metrics, metrics_app).await {
-                tracing::error!("metrics server: {e}");
-            }
-        });
-        let listener = tokio::net::TcpListener::bind(args.address)
-            .await
-            .with_context(|| format!("binding {}", args.address))?;
-        tracing::info!(address = %args.address, "webhook serving");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            r = podvault_webhook::server::serve_tls(listener, tls, podvault_webhook::server::app(shared)) => r?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("webhook stopping (SIGINT)"),
-            _ = term.recv() => tracing::info!("webhook stopping (SIGTERM)"),
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
 }
 
 #[cfg(test)]
