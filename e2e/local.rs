@@ -788,6 +788,8 @@ async fn scenario(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
             .any(|p| p["status"]["phase"] == "Canceled" && p["status"]["snapshotID"].is_null()),
         "{b3_volumes:?}"
     );
+    // Nothing any process wrote was dropped for not being in its kind's schema.
+    assert_eq!(world.api.warnings(), Vec::<String>::new());
 }
 
 /// Whether the server process `name` still runs; its exit status if not.
@@ -911,4 +913,5 @@ async fn hang_ups(s3: Arc<S3Server>, proxy: Arc<FaultProxy>) {
         "the node agent retried\n{}",
         world.logs()
     );
+    assert_eq!(world.api.warnings(), Vec::<String>::new());
 }

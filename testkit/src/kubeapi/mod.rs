@@ -1,10 +1,20 @@
 //! A stand-in Kubernetes API server for the end-to-end suite: plain HTTP on loopback, every
 //! resource kept in memory as JSON, speaking the part of the API podvault's processes use.
 //! That covers list with label and field selectors, watch with resourceVersion, get,
-//! create, replace with resourceVersion preconditions, merge and JSON patches, and the
-//! `status` subresource. Deletion honours finalizers, and owner references are collected.
+//! create, replace with resourceVersion preconditions, merge and JSON patches, server-side
+//! apply with field managers and their conflicts, and the `status` subresource. Deletion
+//! honours finalizers, and owner references are collected.
+//!
+//! It refuses what a real API server refuses: a custom resource that does not match its
+//! CRD's structural schema (podvault's CRDs are installed from the start; unknown fields
+//! are pruned with a warning, as the server does, and [`KubeApi::warnings`] lists them), a
+//! core object that does not decode as its k8s-openapi type, an apply that would take a
+//! field another manager owns, and a write whose resourceVersion is stale.
 //! The real binaries connect to it through a kubeconfig. It is the only stand-in of the
 //! suite: S3, TLS, the webhook and the node agents are the real ones.
+
+mod fields;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +46,12 @@ struct Store {
     version: u64,
     log: Vec<Change>,
     requests: Vec<String>,
+    /// What each kind of object must satisfy.
+    checks: BTreeMap<Kind, schema::Check>,
+    /// Who owns which fields, per object.
+    managed: BTreeMap<(Kind, Key), fields::Managed>,
+    /// Fields dropped because their kind does not have them.
+    warnings: Vec<String>,
 }
 
 /// The shared state: objects, their history, and a channel of changes for watches.
@@ -141,10 +157,45 @@ impl KubeApi {
     /// An empty API.
     pub fn new() -> KubeApi {
         let (changes, _) = broadcast::channel(4096);
+        let crds: Vec<Value> = podvault_api::crd::all()
+            .into_iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        let mut checks = schema::core_checks();
+        checks.extend(schema::crd_checks(&crds));
         KubeApi {
-            store: Arc::new(Mutex::new(Store::default())),
+            store: Arc::new(Mutex::new(Store {
+                checks,
+                ..Store::default()
+            })),
             changes,
         }
+    }
+
+    /// The fields the server dropped because their kind does not declare them, as
+    /// `resource/name: field` (a real server drops them too, and only warns).
+    pub fn warnings(&self) -> Vec<String> {
+        self.lock().warnings.clone()
+    }
+
+    /// The field managers of the object at `path` and the fields each owns (JSON pointers).
+    pub fn managers(&self, path: &str) -> BTreeMap<String, Vec<String>> {
+        let Some(t) = parse_path(path) else {
+            return BTreeMap::new();
+        };
+        let key = (
+            t.kind,
+            (t.namespace.unwrap_or_default(), t.name.unwrap_or_default()),
+        );
+        self.lock()
+            .managed
+            .get(&key)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -217,6 +268,9 @@ impl KubeApi {
             object["metadata"]["namespace"] = json!(ns);
         }
         let mut store = self.lock();
+        if let Err(invalid) = admit(&mut store, &t.kind, &name, &mut object) {
+            panic!("a test put an object the API server refuses: {invalid:?}");
+        }
         let old = store
             .objects
             .get(&t.kind)
@@ -258,7 +312,8 @@ impl KubeApi {
             .to_string();
         let entry = store.objects.entry(kind.to_string()).or_default();
         if change == "DELETED" {
-            entry.remove(&(namespace, name));
+            entry.remove(&(namespace.clone(), name.clone()));
+            store.managed.remove(&(kind.to_string(), (namespace, name)));
         } else {
             entry.insert((namespace, name), object.clone());
         }
@@ -316,6 +371,47 @@ struct Params {
     field_selector: Option<String>,
     watch: Option<String>,
     resource_version: Option<String>,
+    field_manager: Option<String>,
+    force: Option<bool>,
+}
+
+/// Who writes: the field manager the request names, else (as the API server does) its
+/// user agent.
+fn manager(params: &Params, headers: &HeaderMap) -> String {
+    params.field_manager.clone().unwrap_or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('/').next())
+            .unwrap_or("unknown")
+            .to_string()
+    })
+}
+
+/// Checks `object` against its kind's rules, pruning what the kind does not have (noted
+/// as a warning); the 422 a real server would answer, if refused.
+fn admit(
+    store: &mut Store,
+    kind: &str,
+    name: &str,
+    object: &mut Value,
+) -> Result<(), Box<Response>> {
+    let Some(check) = store.checks.get(kind) else {
+        return Ok(());
+    };
+    match schema::admit(check, object) {
+        Ok(pruned) => {
+            store
+                .warnings
+                .extend(pruned.into_iter().map(|f| format!("{kind}/{name}: {f}")));
+            Ok(())
+        }
+        Err(schema::Invalid(errors)) => Err(Box::new(status(
+            422,
+            "Invalid",
+            &format!("{kind} \"{name}\" is invalid: {}", errors.join(", ")),
+        ))),
+    }
 }
 
 async fn handle(
@@ -352,14 +448,32 @@ async fn handle(
             Some(o) => ok(StatusCode::OK, &o),
             None => status(404, "NotFound", &format!("{} {name} not found", t.kind)),
         },
-        (&Method::POST, None) => create(&api, &t, body),
-        (&Method::PUT, Some(name)) => replace(&api, &t, name, body),
+        (&Method::POST, None) => create(&api, &t, body, &manager(&params, &headers)),
+        (&Method::PUT, Some(name)) => replace(&api, &t, name, body, &manager(&params, &headers)),
         (&Method::PATCH, Some(name)) => {
-            let json_patch = headers
+            let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|c| c.starts_with("application/json-patch"));
-            patch(&api, &t, name, body, json_patch)
+                .unwrap_or_default();
+            if content_type.starts_with("application/apply-patch") {
+                let Some(manager) = params.field_manager.as_deref() else {
+                    return status(
+                        400,
+                        "BadRequest",
+                        "fieldManager is required for apply patch",
+                    );
+                };
+                return apply(&api, &t, name, body, manager, params.force == Some(true));
+            }
+            let json_patch = content_type.starts_with("application/json-patch");
+            patch(
+                &api,
+                &t,
+                name,
+                body,
+                json_patch,
+                &manager(&params, &headers),
+            )
         }
         (&Method::DELETE, Some(name)) => delete(&api, &t, name),
         _ => status(405, "MethodNotAllowed", &format!("{method} {}", uri.path())),
@@ -475,7 +589,7 @@ fn watch(api: &KubeApi, t: &Target, params: &Params) -> Response {
         .unwrap_or_else(|_| status(500, "InternalError", "watch"))
 }
 
-fn create(api: &KubeApi, t: &Target, mut object: Value) -> Response {
+fn create(api: &KubeApi, t: &Target, mut object: Value, manager: &str) -> Response {
     if !object.is_object() {
         return status(400, "BadRequest", "the body is not an object");
     }
@@ -507,6 +621,27 @@ fn create(api: &KubeApi, t: &Target, mut object: Value) -> Response {
     meta["uid"] = json!(format!("uid-{name}-{}", store.version + 1));
     meta["creationTimestamp"] = json!(now());
     meta["generation"] = json!(1);
+    if let Err(refused) = admit(&mut store, &t.kind, &name, &mut object) {
+        return *refused;
+    }
+    let mut managed = fields::Managed::new();
+    fields::updated(
+        &mut managed,
+        manager,
+        &json!({}),
+        &object,
+        fields::Scope::Main,
+    );
+    fields::updated(
+        &mut managed,
+        manager,
+        &json!({}),
+        &object,
+        fields::Scope::Status,
+    );
+    store
+        .managed
+        .insert((t.kind.clone(), (namespace.clone(), name)), managed);
     let stored = api.commit(&mut store, &t.kind, namespace, object, "ADDED");
     ok(StatusCode::CREATED, &stored)
 }
@@ -521,7 +656,14 @@ fn current(store: &Store, t: &Target, name: &str) -> Option<Value> {
 
 /// Stores `new` in place of `old`: a write to `status` changes only the status, any other
 /// write keeps it; an object being deleted goes once its last finalizer is removed.
-fn update(api: &KubeApi, store: &mut Store, t: &Target, old: &Value, mut new: Value) -> Response {
+fn update(
+    api: &KubeApi,
+    store: &mut Store,
+    t: &Target,
+    old: &Value,
+    mut new: Value,
+    manager: &str,
+) -> Response {
     if t.status {
         let mut merged = old.clone();
         merged["status"] = new["status"].clone();
@@ -546,6 +688,29 @@ fn update(api: &KubeApi, store: &mut Store, t: &Target, old: &Value, mut new: Va
     } else {
         generation
     });
+    let name = new["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Err(refused) = admit(store, &t.kind, &name, &mut new) {
+        return *refused;
+    }
+    let key = (
+        t.kind.clone(),
+        (t.namespace.clone().unwrap_or_default(), name),
+    );
+    let scope = if t.status {
+        fields::Scope::Status
+    } else {
+        fields::Scope::Main
+    };
+    fields::updated(
+        store.managed.entry(key).or_default(),
+        manager,
+        old,
+        &new,
+        scope,
+    );
     let deleting = !new["metadata"]["deletionTimestamp"].is_null();
     let finalized = new["metadata"]["finalizers"]
         .as_array()
@@ -559,7 +724,7 @@ fn update(api: &KubeApi, store: &mut Store, t: &Target, old: &Value, mut new: Va
     ok(StatusCode::OK, &stored)
 }
 
-fn replace(api: &KubeApi, t: &Target, name: &str, new: Value) -> Response {
+fn replace(api: &KubeApi, t: &Target, name: &str, new: Value, manager: &str) -> Response {
     let mut store = api.lock();
     let Some(old) = current(&store, t, name) else {
         return status(404, "NotFound", &format!("{} {name} not found", t.kind));
@@ -575,14 +740,119 @@ fn replace(api: &KubeApi, t: &Target, name: &str, new: Value) -> Response {
             ),
         );
     }
-    update(api, &mut store, t, &old, new)
+    update(api, &mut store, t, &old, new, manager)
 }
 
-fn patch(api: &KubeApi, t: &Target, name: &str, body: Value, json_patch: bool) -> Response {
+fn conflict(t: &Target, name: &str) -> Response {
+    status(
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+             please apply your changes to the latest version and try again",
+            t.kind
+        ),
+    )
+}
+
+/// Server-side apply of `body` by `manager`; creates the object if it does not exist.
+fn apply(
+    api: &KubeApi,
+    t: &Target,
+    name: &str,
+    body: Value,
+    manager: &str,
+    force: bool,
+) -> Response {
+    let mut store = api.lock();
+    let old = current(&store, t, name);
+    if t.status && old.is_none() {
+        return status(404, "NotFound", &format!("{} {name} not found", t.kind));
+    }
+    let precondition = &body["metadata"]["resourceVersion"];
+    if let Some(old) = &old
+        && !precondition.is_null()
+        && precondition != &old["metadata"]["resourceVersion"]
+    {
+        return conflict(t, name);
+    }
+    let scope = if t.status {
+        fields::Scope::Status
+    } else {
+        fields::Scope::Main
+    };
+    let key = (
+        t.kind.clone(),
+        (t.namespace.clone().unwrap_or_default(), name.to_string()),
+    );
+    let mut managed = store.managed.get(&key).cloned().unwrap_or_default();
+    let base = old.clone().unwrap_or_else(|| {
+        json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}})
+    });
+    let mut new = match fields::apply(&base, &mut managed, manager, &body, force, scope) {
+        Ok(new) => new,
+        Err(conflicts) => {
+            let list: Vec<String> = conflicts
+                .iter()
+                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+                .collect();
+            return status(
+                409,
+                "Conflict",
+                &format!(
+                    "Apply failed with {} conflicts: {}",
+                    list.len(),
+                    list.join(", ")
+                ),
+            );
+        }
+    };
+    match old {
+        Some(old) => {
+            if let Err(refused) = admit(&mut store, &t.kind, name, &mut new) {
+                return *refused;
+            }
+            store.managed.insert(key, managed.clone());
+            // The ownership is the apply's: update() below sees no change of its own.
+            let response = update(api, &mut store, t, &old, new, manager);
+            store.managed.insert(
+                (
+                    t.kind.clone(),
+                    (t.namespace.clone().unwrap_or_default(), name.to_string()),
+                ),
+                managed,
+            );
+            response
+        }
+        None => {
+            drop(store);
+            let response = create(api, t, new, manager);
+            let mut store = api.lock();
+            if store.managed.contains_key(&key) {
+                store.managed.insert(key, managed);
+            }
+            response
+        }
+    }
+}
+
+fn patch(
+    api: &KubeApi,
+    t: &Target,
+    name: &str,
+    body: Value,
+    json_patch: bool,
+    manager: &str,
+) -> Response {
     let mut store = api.lock();
     let Some(old) = current(&store, t, name) else {
         return status(404, "NotFound", &format!("{} {name} not found", t.kind));
     };
+    let precondition = &body["metadata"]["resourceVersion"];
+    if !json_patch && !precondition.is_null() && precondition != &old["metadata"]["resourceVersion"]
+    {
+        return conflict(t, name);
+    }
     let mut new = old.clone();
     if json_patch {
         // As the API server does, a `test` for null passes where the path does not exist
@@ -610,7 +880,7 @@ fn patch(api: &KubeApi, t: &Target, name: &str, body: Value, json_patch: bool) -
     } else {
         json_patch::merge(&mut new, &body);
     }
-    update(api, &mut store, t, &old, new)
+    update(api, &mut store, t, &old, new, manager)
 }
 
 fn delete(api: &KubeApi, t: &Target, name: &str) -> Response {
