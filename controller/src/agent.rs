@@ -58,6 +58,10 @@ pub fn back_up_volume(
     cancel: &Arc<AtomicBool>,
     mut report: impl FnMut(&Progress),
 ) -> PodVolumeStatus {
+    if cancel.load(Ordering::Acquire) {
+        // Asked before the engine started: a quick backup could finish before it looks.
+        return status(Phase::Canceled, Some("canceled before it started".into()));
+    }
     let lineage_tag = format!("{LINEAGE_TAG}{}", job.lineage);
     let parent = match repo.snapshots() {
         Ok(all) => all

@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -27,6 +27,7 @@ use crate::cluster::{
 };
 use crate::crd::{Backup, BackupStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec};
 use crate::plan::plan_backup;
+use crate::write::{CONTROLLER, applying, creating, updating};
 
 /// How long a backup is kept when its spec names no TTL (Velero's default too).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(720 * 3600);
@@ -67,7 +68,7 @@ pub fn volume_object_name(backup: &str, spec: &PodVolumeBackupSpec) -> String {
 }
 
 fn status_patch(status: &BackupStatus) -> Patch<serde_json::Value> {
-    Patch::Merge(json!({ "status": status }))
+    crate::write::status::<Backup>(status, None)
 }
 
 /// Publishes a Kubernetes Event on a Backup or Restore (when a recorder is given); a
@@ -184,7 +185,7 @@ async fn fail(
     status.completion_timestamp = Some(Time(now));
     api.patch_status(
         &backup.name_any(),
-        &PatchParams::default(),
+        &applying(CONTROLLER),
         &status_patch(&status),
     )
     .await?;
@@ -207,7 +208,7 @@ async fn start(
             ..BackupStatus::default()
         };
         status.start_timestamp = Some(Time(now));
-        api.patch_status(&name, &PatchParams::default(), &status_patch(&status))
+        api.patch_status(&name, &applying(CONTROLLER), &status_patch(&status))
             .await?;
         return Ok(Action::await_change());
     }
@@ -262,7 +263,7 @@ async fn start(
             (NODE_LABEL.to_string(), spec.node.clone()),
         ]));
         object.metadata.owner_references = owner.clone().map(|o| vec![o]);
-        match pvbs.create(&PostParams::default(), &object).await {
+        match pvbs.create(&creating(CONTROLLER), &object).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
@@ -285,7 +286,7 @@ async fn start(
         status.completion_timestamp = Some(Time(now));
         status.message = Some("no volume in scope to back up".into());
     }
-    api.patch_status(&name, &PatchParams::default(), &status_patch(&status))
+    api.patch_status(&name, &applying(CONTROLLER), &status_patch(&status))
         .await?;
     tracing::info!(
         backup = %name,
@@ -418,7 +419,7 @@ async fn cancel_volumes(
         if !v.spec.cancel {
             pvbs.patch(
                 &v.name_any(),
-                &PatchParams::default(),
+                &updating(CONTROLLER),
                 &Patch::Merge(json!({"spec": {"cancel": true}})),
             )
             .await?;
@@ -474,8 +475,8 @@ async fn fail_abandoned(
         ));
         pvbs.patch_status(
             &v.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": st })),
+            &applying(CONTROLLER),
+            &crate::write::status::<PodVolumeBackup>(&st, None),
         )
         .await?;
         v.status = Some(st);
@@ -537,7 +538,7 @@ async fn follow(
         finish_records(client, settings, backup, &status, &volumes).await?;
     }
     if Some(&status) != backup.status.as_ref() {
-        api.patch_status(&name, &PatchParams::default(), &status_patch(&status))
+        api.patch_status(&name, &applying(CONTROLLER), &status_patch(&status))
             .await?;
     }
     if status.phase.is_final() {

@@ -9,13 +9,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta};
 use kube::{Client, ResourceExt};
 use podvault_s3::S3Options;
 use podvault_store::{Access, Backend, FileKind, InitOptions, Repository, Session};
-use serde_json::json;
 
 use crate::crd::{BackupRepository, BackupRepositorySpec, RepositoryPhase};
+use crate::write::{CONTROLLER, applying, creating};
 pub use podvault_api::names::{
     BACKUP_FINALIZER, BACKUP_LABEL, KEY_FIELD, KEY_LABEL, NODE_LABEL, RESTORE_IN_PROGRESS,
     RESTORE_LABEL,
@@ -198,7 +198,7 @@ pub async fn ensure_repository(
                     key_secret: secret_name,
                 },
             );
-            match repos.create(&PostParams::default(), &object).await {
+            match repos.create(&creating(CONTROLLER), &object).await {
                 Ok(r) => r,
                 Err(kube::Error::Api(s)) if s.code == 409 => repos.get(namespace).await?,
                 Err(e) => return Err(e.into()),
@@ -226,17 +226,19 @@ pub async fn ensure_repository(
         Ok(_) => (RepositoryPhase::Ready, None),
         Err(e) => (RepositoryPhase::NotReady, Some(e.to_string())),
     };
-    let mut status = json!({"status": {"phase": phase, "message": message}});
+    let mut status = repo.status.clone().unwrap_or_default();
+    status.phase = phase;
+    status.message = message;
     // A repository made just now has nothing to prune: its first maintenance is one
     // interval away, not in the middle of the backup that made it.
     if matches!(made, Ok(true)) {
-        status["status"]["lastMaintenance"] = json!(Time(Timestamp::now()));
+        status.last_maintenance = Some(Time(Timestamp::now()));
     }
     let patched = repos
         .patch_status(
             &repo.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
+            &applying(CONTROLLER),
+            &crate::write::status::<BackupRepository>(&status, None),
         )
         .await?;
     made.map(|_| (patched, key))
@@ -281,7 +283,7 @@ async fn create_key(
         )])),
         ..Secret::default()
     };
-    match secrets.create(&PostParams::default(), &secret).await {
+    match secrets.create(&creating(CONTROLLER), &secret).await {
         Ok(_) => Ok(key),
         Err(kube::Error::Api(s)) if s.code == 409 => {
             key_of(&secrets.get(name).await?, install_namespace)

@@ -9,9 +9,10 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 
 use crate::cluster::Error;
+use crate::write::{CONTROLLER, creating};
 
 /// How long a Lease holds without renewal.
 pub const LEASE_SECONDS: i32 = 15;
@@ -78,10 +79,10 @@ pub async fn try_take(
     }
     let wanted = taken(name, current.as_ref(), me, now);
     let result = match &current {
-        None => api.create(&PostParams::default(), &wanted).await,
+        None => api.create(&creating(CONTROLLER), &wanted).await,
         // The resourceVersion read makes this a compare-and-swap: a replica that took the
         // Lease in between makes it fail with 409.
-        Some(_) => api.replace(name, &PostParams::default(), &wanted).await,
+        Some(_) => api.replace(name, &creating(CONTROLLER), &wanted).await,
     };
     match result {
         Ok(_) => Ok(true),

@@ -17,5 +17,6 @@ pub mod repositories;
 pub mod restores;
 pub mod run;
 pub mod select;
+pub mod write;
 
 pub use podvault_api::{crd, duration};

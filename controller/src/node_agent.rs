@@ -2,23 +2,24 @@
 //! N at a time, with the engine on the blocking pool and its progress in the objects'
 //! status every few seconds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{Api, ListParams, Patch};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use podvault_store::Access;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::agent::{
     MARKER_DIR, POD_MARKERS, VolumeBackup, back_up_volume, restore_volume_with_markers,
@@ -89,12 +90,12 @@ fn failed(message: String) -> PodVolumeStatus {
 
 async fn patch_status<K>(api: &Api<K>, name: &str, status: &PodVolumeStatus) -> Result<(), Error>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     api.patch_status(
         name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &crate::write::applying(crate::write::NODE_AGENT),
+        &crate::write::status::<K>(status, None),
     )
     .await?;
     Ok(())
@@ -310,7 +311,7 @@ pub async fn process_restore(
     };
     api.patch(
         &name,
-        &PatchParams::default(),
+        &crate::write::updating(crate::write::NODE_AGENT),
         &Patch::Merge(json!({"spec": {"pod": pod_ref, "node": agent.node}})),
     )
     .await?;
@@ -343,6 +344,7 @@ pub async fn process_restore(
 /// Tells the restore helper of a pod that appeared after its Restore gave up waiting for
 /// it why its volume will not be restored: the failure marker the helper waits for, with
 /// the volume's message. The pod then fails with that reason instead of waiting for ever.
+/// A pod told already is not told again.
 pub async fn tell_late_pod(
     client: &Client,
     agent: &Agent,
@@ -367,11 +369,15 @@ pub async fn tell_late_pod(
     )
     .await
     .map_err(Error::Invalid)?;
+    let markers = marker_dirs(agent, &pod.uid().unwrap_or_default(), &spec.volume, &dir);
+    let marker = format!("{}.failed", spec.restore_uid);
+    if markers.iter().all(|dir| dir.join(&marker).is_file()) {
+        return Ok(()); // told already
+    }
     tracing::warn!(
-        volume_restore = %pvr.name_any(), %namespace, pod = %pod.name_any(),
+        %namespace, pod = %pod.name_any(),
         "the pod appeared after its restore gave up on it: {message}"
     );
-    let markers = marker_dirs(agent, &pod.uid().unwrap_or_default(), &spec.volume, &dir);
     crate::agent::write_failure_markers(&markers, &spec.restore_uid, &message);
     Ok(())
 }
@@ -454,247 +460,118 @@ async fn run_restore(
     }
 }
 
-/// Runs the node agent until the watch ends: every PodVolumeBackup labeled for this node,
-/// and every PodVolumeRestore whose target pod runs its restore helper here.
+/// Runs the node agent until the watches end: every PodVolumeBackup labeled for this node,
+/// and every PodVolumeRestore whose target pod runs its restore helper here, each on a
+/// kube-runtime controller that does at most `agent.concurrency` volumes at a time.
 pub async fn run(client: Client, agent: Agent) -> Result<(), Error> {
-    let backups = tokio::spawn(watch_backups(client.clone(), agent.clone()));
-    let restores = tokio::spawn(watch_restores(client, agent));
-    tokio::select! {
-        r = backups => r.map_err(|e| Error::Invalid(e.to_string()))?,
-        r = restores => r.map_err(|e| Error::Invalid(e.to_string()))?,
-    }
-}
-
-async fn watch_backups(client: Client, agent: Agent) -> Result<(), Error> {
-    let api: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &agent.settings.namespace);
-    let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", agent.node));
-    let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
-    let running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>> = Arc::default();
-    // Objects this agent finished (by UID): a late event of their InProgress status must
-    // not start them again. Objects left InProgress by a previous run of the agent are
-    // started again, and resume from what that run uploaded.
-    let finished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-    while let Some(event) = events
-        .try_next()
-        .await
-        .map_err(|e| Error::Invalid(format!("watching PodVolumeBackups: {e}")))?
-    {
-        let pvb = match event {
-            watcher::Event::Apply(pvb) | watcher::Event::InitApply(pvb) => pvb,
-            // Gone for good: its UID cannot come back, so the set does not grow for ever.
-            watcher::Event::Delete(pvb) => {
-                if let Some(uid) = pvb.uid() {
-                    finished
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&uid);
-                }
-                continue;
-            }
-            watcher::Event::Init | watcher::Event::InitDone => continue,
-        };
-        let name = pvb.name_any();
-        let uid = pvb.uid().unwrap_or_default();
-        let flag = {
-            let mut map = running.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(flag) = map.get(&name) {
-                if pvb.spec.cancel {
-                    flag.store(true, Ordering::Release);
-                }
-                continue;
-            }
-            if pvb.status.as_ref().is_some_and(|s| s.phase.is_final())
-                || finished
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&uid)
-            {
-                continue;
-            }
-            let flag = Arc::new(AtomicBool::new(pvb.spec.cancel));
-            map.insert(name.clone(), flag.clone());
-            flag
-        };
-        let (client, agent, slots, running, finished) = (
-            client.clone(),
-            agent.clone(),
-            slots.clone(),
-            running.clone(),
-            finished.clone(),
-        );
-        tokio::spawn(async move {
-            let permit = slots.acquire_owned().await;
-            match process_backup(&client, &agent, &pvb, flag).await {
-                Ok(_) => {
-                    finished
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(uid);
-                }
-                Err(e) => tracing::warn!(volume_backup = %name, "volume backup not finished: {e}"),
-            }
-            drop(permit);
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-        });
-    }
+    tokio::join!(
+        run_backups(client.clone(), agent.clone()),
+        run_restores(client, agent)
+    );
     Ok(())
 }
 
-/// The volume restores a node's agent has to look at, from all of them: those waiting for
-/// their pod (to start when it runs its helper here), and those given up before any pod
-/// took them (whose late pods' helpers are told why).
-pub fn restore_work(
-    all: Vec<PodVolumeRestore>,
-    node: &str,
-) -> (Vec<PodVolumeRestore>, Vec<PodVolumeRestore>) {
-    all.into_iter()
-        .filter(|p| match p.status.as_ref().map(|s| s.phase) {
-            None | Some(Phase::New) => true,
-            // Taken by this node's agent before it restarted (an upgrade, an OOM kill):
-            // nobody else will finish it, and its pod's helper waits. Restoring again
-            // overwrites what the interrupted run wrote.
-            Some(Phase::InProgress) => p.spec.node.as_deref() == Some(node),
-            // Given up before any pod took it (an agent that took it sets `spec.pod`).
-            Some(Phase::Failed) => p.spec.pod.is_none(),
-            Some(_) => false,
-        })
-        .partition(|p| p.status.as_ref().is_none_or(|s| s.phase != Phase::Failed))
+/// What every reconcile of one of the agent's controllers shares.
+struct Context<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    client: Client,
+    agent: Agent,
+    /// The objects as last watched, for what changes while a volume runs (a cancel).
+    store: Store<K>,
 }
 
-async fn watch_restores(client: Client, agent: Agent) -> Result<(), Error> {
-    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &agent.settings.namespace);
-    let pods: Api<Pod> = Api::all(client.clone());
-    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", agent.node));
-    let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
-    let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    // The volume restores this run of the agent finished (by UID).
-    let finished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    // Look again whenever a restore or a pod of this node changes (a helper starting is a
-    // pod change), and at least every 30 s; a burst of changes is taken as one.
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let changes = {
-        use futures_util::StreamExt;
-        let restores = watcher(pvrs.clone(), watcher::Config::default())
-            .default_backoff()
-            .map(|_| ());
-        let here = watcher(
-            pods.clone(),
-            watcher::Config::default().fields(&format!("spec.nodeName={}", agent.node)),
-        )
-        .default_backoff()
-        .map(|_| ());
-        let wake = wake.clone();
-        tokio::spawn(
-            futures_util::stream::select(restores, here).for_each(move |()| {
-                wake.notify_one();
-                async {}
-            }),
-        )
+impl<K> Context<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    /// The object as the API server has it now, or None when it is gone. The watched copy
+    /// may be older than this agent's own last status write (a volume it just finished
+    /// still InProgress there), so work starts only from this one.
+    async fn fresh(&self, object: &K) -> Result<Option<K>, Error> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.agent.settings.namespace);
+        Ok(api.get_opt(&object.name_any()).await?)
+    }
+}
+
+/// How often a running volume backup looks for a cancel in its watched object.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
+
+/// After an error (an API call that failed), how long before the object is looked at again.
+const RETRY_AFTER: Duration = Duration::from_secs(15);
+
+fn controller_config(agent: &Agent) -> controller::Config {
+    let concurrency = u16::try_from(agent.concurrency.clamp(1, 64)).unwrap_or(1);
+    controller::Config::default().concurrency(concurrency)
+}
+
+async fn run_backups(client: Client, agent: Agent) {
+    let api: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let on_node = watcher::Config::default().labels(&format!("{NODE_LABEL}={}", agent.node));
+    let controller = Controller::new(api, on_node).with_config(controller_config(&agent));
+    let store = controller.store();
+    let context = Arc::new(Context {
+        client,
+        agent,
+        store,
+    });
+    controller
+        .run(reconcile_backup, retry, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn retry<K: kube::Resource<DynamicType = ()> + Clone>(
+    object: Arc<K>,
+    error: &Error,
+    _: Arc<Context<K>>,
+) -> Action {
+    tracing::warn!(
+        kind = %K::kind(&()), name = %object.name_any(), error = %error,
+        "volume not finished; looking again in {}s", RETRY_AFTER.as_secs()
+    );
+    Action::requeue(RETRY_AFTER)
+}
+
+/// One PodVolumeBackup of this node: done unless it is finished. One left InProgress by a
+/// previous run of the agent is done again, resuming from what that run uploaded.
+#[tracing::instrument(skip_all, fields(
+    volume_backup = %pvb.name_any(), backup = %pvb.spec.backup_name,
+    namespace = %pvb.spec.pod.namespace, pod = %pvb.spec.pod.name, volume = %pvb.spec.volume,
+))]
+async fn reconcile_backup(
+    pvb: Arc<PodVolumeBackup>,
+    ctx: Arc<Context<PodVolumeBackup>>,
+) -> Result<Action, Error> {
+    let Some(pvb) = ctx.fresh(&pvb).await? else {
+        return Ok(Action::await_change());
     };
-    let _stop_watching = AbortOnDrop(changes);
-    // The late pods already told (volume restore name, pod UID).
-    let mut told: BTreeSet<(String, String)> = BTreeSet::new();
+    if pvb.status.as_ref().is_some_and(|s| s.phase.is_final()) {
+        return Ok(Action::await_change());
+    }
+    let cancel = Arc::new(AtomicBool::new(pvb.spec.cancel));
+    let _watching = AbortOnDrop(tokio::spawn(watch_cancel(
+        ctx.store.clone(),
+        ObjectRef::from_obj(&pvb),
+        cancel.clone(),
+    )));
+    process_backup(&ctx.client, &ctx.agent, &pvb, cancel).await?;
+    Ok(Action::await_change())
+}
+
+/// Sets `cancel` once the watched object asks for it.
+async fn watch_cancel(
+    store: Store<PodVolumeBackup>,
+    object: ObjectRef<PodVolumeBackup>,
+    cancel: Arc<AtomicBool>,
+) {
     loop {
-        let listed = pvrs.list(&ListParams::default()).await?.items;
-        // Only volumes still listed can be seen again: the sets keep no others.
-        let uids: BTreeSet<String> = listed.iter().filter_map(|p| p.uid()).collect();
-        finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|uid| uids.contains(uid));
-        let (waiting, given_up) = restore_work(listed, &agent.node);
-        told.retain(|(name, _)| given_up.iter().any(|p| p.name_any() == *name));
-        let here = if waiting.is_empty() && given_up.is_empty() {
-            Vec::new()
-        } else {
-            pods.list(&on_node).await?.items
-        };
-        for pvr in &given_up {
-            for pod in here
-                .iter()
-                .filter(|p| restore_target(&pvr.spec, p) && helper_running(p))
-            {
-                let key = (pvr.name_any(), pod.uid().unwrap_or_default());
-                if told.contains(&key) {
-                    continue;
-                }
-                match tell_late_pod(&client, &agent, pvr, pod).await {
-                    Ok(()) => {
-                        told.insert(key);
-                    }
-                    Err(e) => tracing::warn!(
-                        volume_restore = %key.0, "could not tell a late pod's helper: {e}"
-                    ),
-                }
-            }
+        if store.get(&object).is_some_and(|pvb| pvb.spec.cancel) {
+            cancel.store(true, Ordering::Release);
+            return;
         }
-        for pvr in waiting {
-            let Some(pod) = here
-                .iter()
-                .find(|p| restore_target(&pvr.spec, p) && helper_running(p))
-            else {
-                continue;
-            };
-            let name = pvr.name_any();
-            let uid = pvr.uid().unwrap_or_default();
-            // A list made while one of ours finished may still show it InProgress.
-            if finished
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&uid)
-                || !running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone())
-            {
-                continue;
-            }
-            if pvr
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::InProgress)
-            {
-                tracing::info!(
-                    volume_restore = %name,
-                    "restoring again a volume this node's agent was restoring when it stopped"
-                );
-            }
-            let (client, agent, slots, running, finished, pod) = (
-                client.clone(),
-                agent.clone(),
-                slots.clone(),
-                running.clone(),
-                finished.clone(),
-                pod.clone(),
-            );
-            tokio::spawn(async move {
-                let permit = slots.acquire_owned().await;
-                match process_restore(&client, &agent, &pvr, &pod).await {
-                    Ok(_) => {
-                        finished
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(uid);
-                    }
-                    Err(e) => {
-                        tracing::warn!(volume_restore = %name, "volume restore not finished: {e}")
-                    }
-                }
-                drop(permit);
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
-            });
-        }
-        tokio::select! {
-            () = wake.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
-            () = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
+        tokio::time::sleep(CANCEL_POLL).await;
     }
 }
 
@@ -704,6 +581,112 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// What a node's agent has to do with a volume restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestoreWork {
+    /// Restore it when its pod runs its helper on this node.
+    Waiting,
+    /// Given up before any pod took it: tell a late pod's helper why.
+    GivenUp,
+}
+
+/// What this node's agent has to do with `pvr`, if anything.
+pub(crate) fn restore_work(pvr: &PodVolumeRestore, node: &str) -> Option<RestoreWork> {
+    match pvr.status.as_ref().map(|s| s.phase) {
+        None | Some(Phase::New) => Some(RestoreWork::Waiting),
+        // Taken by this node's agent before it restarted (an upgrade, an OOM kill):
+        // nobody else will finish it, and its pod's helper waits. Restoring again
+        // overwrites what the interrupted run wrote.
+        Some(Phase::InProgress) if pvr.spec.node.as_deref() == Some(node) => {
+            Some(RestoreWork::Waiting)
+        }
+        // Given up before any pod took it (an agent that took it sets `spec.pod`).
+        Some(Phase::Failed) if pvr.spec.pod.is_none() => Some(RestoreWork::GivenUp),
+        Some(_) => None,
+    }
+}
+
+async fn run_restores(client: Client, agent: Agent) {
+    let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &agent.settings.namespace);
+    let pods: Api<Pod> = Api::all(client.clone());
+    let here = watcher::Config::default().fields(&format!("spec.nodeName={}", agent.node));
+    let controller =
+        Controller::new(pvrs, watcher::Config::default()).with_config(controller_config(&agent));
+    let store = controller.store();
+    // A pod of this node that changes (its helper starting) wakes the restores it targets.
+    let restores = store.clone();
+    let controller = controller.watches(pods, here, move |pod: Pod| {
+        restores
+            .state()
+            .into_iter()
+            .filter(|pvr| restore_target(&pvr.spec, &pod))
+            .map(|pvr| ObjectRef::from_obj(&*pvr))
+            .collect::<Vec<_>>()
+    });
+    let context = Arc::new(Context {
+        client,
+        agent,
+        store,
+    });
+    controller
+        .run(reconcile_restore, retry, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// How often a volume restore waiting for its pod looks again without being woken.
+const WAITING_POLL: Duration = Duration::from_secs(30);
+
+/// One PodVolumeRestore: restored into its pod's volume once the pod runs its helper on
+/// this node; for one given up, the helpers of its late pods here are told why.
+#[tracing::instrument(skip_all, fields(
+    volume_restore = %pvr.name_any(), restore = %pvr.spec.restore_name,
+    namespace = %pvr.spec.target_namespace, volume = %pvr.spec.volume,
+))]
+async fn reconcile_restore(
+    pvr: Arc<PodVolumeRestore>,
+    ctx: Arc<Context<PodVolumeRestore>>,
+) -> Result<Action, Error> {
+    let Some(pvr) = ctx.fresh(&pvr).await? else {
+        return Ok(Action::await_change());
+    };
+    let Some(work) = restore_work(&pvr, &ctx.agent.node) else {
+        return Ok(Action::await_change());
+    };
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", ctx.agent.node));
+    let mut ready = pods
+        .list(&on_node)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| restore_target(&pvr.spec, p) && helper_running(p));
+    match work {
+        RestoreWork::GivenUp => {
+            for pod in ready {
+                tell_late_pod(&ctx.client, &ctx.agent, &pvr, &pod).await?;
+            }
+            Ok(Action::await_change())
+        }
+        RestoreWork::Waiting => {
+            let Some(pod) = ready.next() else {
+                return Ok(Action::requeue(WAITING_POLL));
+            };
+            if pvr
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::InProgress)
+            {
+                tracing::info!(
+                    "restoring again a volume this node's agent was restoring when it stopped"
+                );
+            }
+            process_restore(&ctx.client, &ctx.agent, &pvr, &pod).await?;
+            Ok(Action::await_change())
+        }
     }
 }
 
@@ -728,4 +711,61 @@ pub async fn check_pods_root(client: &Client, agent: &Agent) -> Result<(), Error
         .filter_map(|p| p.uid())
         .collect();
     crate::hostpath::check_root(&agent.pods_root, &uids).map_err(Error::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn pvr(name: &str, node: Option<&str>, pod: bool, phase: Option<&str>) -> PodVolumeRestore {
+        let mut v: Value = json!({
+            "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
+            "metadata": {"name": name, "namespace": "podvault"},
+            "spec": {"restoreName": "r", "restoreUid": "r-uid", "targetNamespace": "shop-copy",
+                     "target": {"podName": "db-0"}, "volume": "data", "snapshotID": "s",
+                     "repository": "shop"},
+        });
+        if let Some(node) = node {
+            v["spec"]["node"] = json!(node);
+        }
+        if pod {
+            v["spec"]["pod"] = json!({"namespace": "shop-copy", "name": "db-0", "uid": "u"});
+        }
+        if let Some(phase) = phase {
+            v["status"] = json!({ "phase": phase });
+        }
+        serde_json::from_value(v).expect("pvr")
+    }
+
+    #[test]
+    fn an_agent_takes_waiting_restores_and_resumes_its_own_after_a_restart() {
+        use RestoreWork::{GivenUp, Waiting};
+        let cases = [
+            (pvr("fresh", None, false, None), Some(Waiting)),
+            (pvr("new", None, false, Some("New")), Some(Waiting)),
+            (
+                pvr("mine", Some("worker-1"), true, Some("InProgress")),
+                Some(Waiting),
+            ),
+            (
+                pvr("other-node", Some("worker-2"), true, Some("InProgress")),
+                None,
+            ),
+            (pvr("done", Some("worker-1"), true, Some("Completed")), None),
+            (pvr("given-up", None, false, Some("Failed")), Some(GivenUp)),
+            (
+                pvr("failed-by-an-agent", Some("worker-1"), true, Some("Failed")),
+                None,
+            ),
+        ];
+        for (pvr, expected) in cases {
+            assert_eq!(
+                restore_work(&pvr, "worker-1"),
+                expected,
+                "{}",
+                pvr.name_any()
+            );
+        }
+    }
 }

@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use podvault_store::{Access, PruneOptions};
-use serde_json::json;
 
 use crate::cluster::{
     Error, Settings, blocking, ensure_repository, open_repository, repository_key,
 };
 use crate::crd::{BackupRepository, RepositoryPhase};
+use crate::write::{CONTROLLER, applying};
 
 /// How often a repository is pruned by default.
 pub const DEFAULT_INTERVAL: &str = "24h";
@@ -93,10 +93,13 @@ pub async fn reconcile(
     };
     tracing::info!(repository = %namespace, "{message}");
     let api: Api<BackupRepository> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut status = repository.status.clone().unwrap_or_default();
+    status.last_maintenance = Some(Time(now));
+    status.message = Some(message);
     api.patch_status(
         &repository.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"lastMaintenance": Time(now), "message": message}})),
+        &applying(CONTROLLER),
+        &crate::write::status::<BackupRepository>(&status, None),
     )
     .await?;
     Ok(Action::requeue(every))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
@@ -28,6 +28,7 @@ use crate::crd::{
     PodVolumeStatus, Restore, RestoreStatus,
 };
 use crate::lineage::owner;
+use crate::write::{CONTROLLER, applying, creating, updating};
 
 const POLL: Duration = Duration::from_secs(10);
 
@@ -260,8 +261,8 @@ async fn set_status(
     let api: Api<Restore> = Api::namespaced(client.clone(), &settings.namespace);
     api.patch_status(
         &restore.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &applying(CONTROLLER),
+        &crate::write::status::<Restore>(status, None),
     )
     .await?;
     Ok(())
@@ -330,7 +331,7 @@ async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<bool, Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    match api.create(&PostParams::default(), object).await {
+    match api.create(&creating(CONTROLLER), object).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
@@ -402,7 +403,7 @@ async fn start(
             namespaces
                 .patch(
                     ns,
-                    &PatchParams::default(),
+                    &updating(CONTROLLER),
                     &Patch::Merge(json!({"metadata": {"labels": {RESTORE_IN_PROGRESS: name}}})),
                 )
                 .await?;
@@ -554,12 +555,10 @@ async fn fail_unclaimed(
             message: Some(message),
             ..PodVolumeStatus::default()
         };
-        let mut patch = json!({ "status": status });
-        if let Some(version) = v.resource_version() {
-            patch["metadata"] = json!({ "resourceVersion": version });
-        }
+        let version = v.resource_version();
+        let patch = crate::write::status::<PodVolumeRestore>(&status, version.as_deref());
         match pvrs
-            .patch_status(&v.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(&v.name_any(), &applying(CONTROLLER), &patch)
             .await
         {
             Ok(_) => v.status = Some(status),
@@ -628,7 +627,7 @@ async fn follow(
                 namespaces
                     .patch(
                         ns,
-                        &PatchParams::default(),
+                        &updating(CONTROLLER),
                         &Patch::Merge(json!({"metadata": {"labels": {RESTORE_IN_PROGRESS: null}}})),
                     )
                     .await?;

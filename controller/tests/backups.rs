@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use apiserver::{ApiServer, Call, list};
+use apiserver::{APPLY_CONTROLLER, ApiServer, BY_CONTROLLER, Call, list};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -131,7 +131,7 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
         Call::new("GET", "/api/v1/persistentvolumes?")
             .ok(list("PersistentVolume", items(&volumes))),
         Call::new("GET", format!("{SECRETS}/podvault-repo-shop")).not_found(),
-        Call::new("POST", format!("{SECRETS}?"))
+        Call::new("POST", format!("{SECRETS}?{BY_CONTROLLER}"))
             .body_check(move |body| {
                 assert_eq!(body["metadata"]["name"], "podvault-repo-shop");
                 assert_eq!(
@@ -145,7 +145,7 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
             })
             .created(),
         Call::new("GET", format!("{REPOS}/shop")).not_found(),
-        Call::new("POST", format!("{REPOS}?"))
+        Call::new("POST", format!("{REPOS}?{BY_CONTROLLER}"))
             .body(json!({
                 "apiVersion": "podvault.io/v1alpha1", "kind": "BackupRepository",
                 "metadata": {"name": "shop"},
@@ -154,7 +154,7 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
                          "keySecret": "podvault-repo-shop"}
             }))
             .created(),
-        Call::new("PATCH", format!("{REPOS}/shop/status?"))
+        Call::new("PATCH", format!("{REPOS}/shop/status?{APPLY_CONTROLLER}"))
             .body_check(|body| {
                 assert_eq!(body["status"]["phase"], "Ready");
                 assert!(body["status"]["message"].is_null());
@@ -173,7 +173,7 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
     for spec in &plan.volumes {
         let name = volume_object_name("nightly", spec);
         script.push(
-            Call::new("POST", format!("{PVBS}?"))
+            Call::new("POST", format!("{PVBS}?{BY_CONTROLLER}"))
                 .body(json!({
                     "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeBackup",
                     "metadata": {
@@ -190,8 +190,12 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
         );
     }
     script.push(
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
-            .body(json!({"status": {
+        Call::new(
+            "PATCH",
+            format!("{BACKUPS}/nightly/status?{APPLY_CONTROLLER}"),
+        )
+        .body(
+            json!({"apiVersion": "podvault.io/v1alpha1", "kind": "Backup", "status": {
                 "phase": "InProgress",
                 "volumes": {"total": 2, "completed": 0, "failed": 0, "canceled": 0,
                             "skipped": plan.skipped.len()},
@@ -199,8 +203,9 @@ async fn a_backup_makes_the_repository_and_one_volume_backup_per_volume() {
                 "skipped": serde_json::to_value(&plan.skipped).expect("skipped"),
                 "startTimestamp": "2026-11-24T10:00:00Z",
                 "expiration": "2026-11-25T10:00:00Z"
-            }}))
-            .ok(serde_json::to_value(&b).expect("json")),
+            }}),
+        )
+        .ok(serde_json::to_value(&b).expect("json")),
     );
     let (client, server) = ApiServer::start(script);
     reconcile(Arc::new(b), &client, &settings, now())
@@ -304,17 +309,20 @@ async fn a_running_backup_reports_progress_then_completes_and_records_snapshot_i
                 ),
             ],
         )),
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
-            .body_check(|body| {
-                let s = &body["status"];
-                assert_eq!(s["phase"], "InProgress");
-                assert_eq!(s["totalBytes"], 6000);
-                assert_eq!(s["bytesDone"], 3000);
-                assert_eq!(s["bytesNew"], 600);
-                assert_eq!(s["volumes"]["completed"], 1);
-                assert_eq!(s["completionTimestamp"], Value::Null);
-            })
-            .ok(serde_json::to_value(&b).expect("json")),
+        Call::new(
+            "PATCH",
+            format!("{BACKUPS}/nightly/status?{APPLY_CONTROLLER}"),
+        )
+        .body_check(|body| {
+            let s = &body["status"];
+            assert_eq!(s["phase"], "InProgress");
+            assert_eq!(s["totalBytes"], 6000);
+            assert_eq!(s["bytesDone"], 3000);
+            assert_eq!(s["bytesNew"], 600);
+            assert_eq!(s["volumes"]["completed"], 1);
+            assert_eq!(s["completionTimestamp"], Value::Null);
+        })
+        .ok(serde_json::to_value(&b).expect("json")),
     ]);
     reconcile(Arc::new(b.clone()), &client, &settings, now())
         .await
@@ -333,8 +341,8 @@ async fn a_running_backup_reports_progress_then_completes_and_records_snapshot_i
             ],
         )),
         Call::new("GET", format!("{SECRETS}/podvault-repo-shop")).ok(key_secret()),
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
-            .body(json!({"status": {
+        Call::new("PATCH", format!("{BACKUPS}/nightly/status?{APPLY_CONTROLLER}"))
+            .body(json!({"apiVersion": "podvault.io/v1alpha1", "kind": "Backup", "status": {
                 "phase": "Completed",
                 "volumes": {"total": 2, "completed": 2, "failed": 0, "canceled": 0, "skipped": 1},
                 "totalBytes": 6000, "bytesDone": 6000, "bytesNew": 5600,
@@ -379,10 +387,10 @@ async fn cancel_asks_every_running_volume_to_stop_and_ends_canceled() {
                 pvb("nightly-b", "scratch", json!({"phase": "New"})),
             ],
         )),
-        Call::new("PATCH", format!("{PVBS}/nightly-a?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-a?{BY_CONTROLLER}"))
             .body(json!({"spec": {"cancel": true}}))
             .ok(pvb("nightly-a", "data", json!({}))),
-        Call::new("PATCH", format!("{PVBS}/nightly-b?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-b?{BY_CONTROLLER}"))
             .body(json!({"spec": {"cancel": true}}))
             .ok(pvb("nightly-b", "scratch", json!({}))),
         // Nothing changed in the totals: the status is not written again.
@@ -411,16 +419,19 @@ async fn cancel_asks_every_running_volume_to_stop_and_ends_canceled() {
             ],
         )),
         Call::new("GET", format!("{SECRETS}/podvault-repo-shop")).ok(key_secret()),
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
-            .body_check(|body| {
-                assert_eq!(body["status"]["phase"], "Canceled");
-                assert_eq!(body["status"]["volumes"]["canceled"], 2);
-                assert_eq!(
-                    body["status"]["message"],
-                    "shop/db-0 volume data: canceled; shop/db-0 volume scratch: canceled"
-                );
-            })
-            .ok(serde_json::to_value(backup(json!({}))).expect("json")),
+        Call::new(
+            "PATCH",
+            format!("{BACKUPS}/nightly/status?{APPLY_CONTROLLER}"),
+        )
+        .body_check(|body| {
+            assert_eq!(body["status"]["phase"], "Canceled");
+            assert_eq!(body["status"]["volumes"]["canceled"], 2);
+            assert_eq!(
+                body["status"]["message"],
+                "shop/db-0 volume data: canceled; shop/db-0 volume scratch: canceled"
+            );
+        })
+        .ok(serde_json::to_value(backup(json!({}))).expect("json")),
     ]);
     reconcile(Arc::new(b), &client, &settings, now())
         .await
@@ -513,7 +524,7 @@ async fn a_deleted_backup_waits_for_its_running_volumes_to_stop() {
             "PodVolumeBackup",
             vec![pvb("nightly-a", "data", json!({"phase": "InProgress"}))],
         )),
-        Call::new("PATCH", format!("{PVBS}/nightly-a?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-a?{BY_CONTROLLER}"))
             .body(json!({"spec": {"cancel": true}}))
             .ok(pvb("nightly-a", "data", json!({}))),
     ]);
@@ -546,13 +557,13 @@ async fn a_volume_no_node_agent_finishes_in_time_is_failed_by_the_controller() {
     let (client, server) = ApiServer::start(vec![
         Call::new("GET", format!("{PVBS}{LIST_PVBS}"))
             .ok(list("PodVolumeBackup", vec![stuck.clone(), slow.clone()])),
-        Call::new("PATCH", format!("{PVBS}/nightly-a/status?"))
-            .body(json!({"status": {"phase": "Failed",
+        Call::new("PATCH", format!("{PVBS}/nightly-a/status?{APPLY_CONTROLLER}"))
+            .body(json!({"apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeBackup", "status": {"phase": "Failed",
                 "progress": {"totalBytes": 0, "bytesDone": 0, "bytesNew": 0},
                 "message": "the node agent of node worker-gone did not start it within the time limit",
                 "completionTimestamp": "2026-11-24T10:00:00Z"}}))
             .ok(stuck),
-        Call::new("PATCH", format!("{BACKUPS}/nightly/status?"))
+        Call::new("PATCH", format!("{BACKUPS}/nightly/status?{APPLY_CONTROLLER}"))
             .body_check(|b| {
                 assert_eq!(b["status"]["phase"], "InProgress");
                 assert_eq!(b["status"]["volumes"]["failed"], 1);

@@ -3,7 +3,7 @@
 
 mod apiserver;
 
-use apiserver::{ApiServer, Call};
+use apiserver::{ApiServer, BY_CONTROLLER, Call};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use podvault_controller::leader::{may_take, try_take};
@@ -60,7 +60,7 @@ async fn taking_renewing_waiting_and_losing_a_race() {
     // No Lease yet: created with us as holder.
     let (client, server) = ApiServer::start(vec![
         Call::new("GET", format!("{LEASES}/podvault-controller")).not_found(),
-        Call::new("POST", format!("{LEASES}?"))
+        Call::new("POST", format!("{LEASES}?{BY_CONTROLLER}"))
             .body(
                 json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": "podvault-controller"},
@@ -88,20 +88,23 @@ async fn taking_renewing_waiting_and_losing_a_race() {
     let (client, server) = ApiServer::start(vec![
         Call::new("GET", format!("{LEASES}/podvault-controller"))
             .ok(lease("pod-a", "2026-11-24T09:59:00.000000Z")),
-        Call::new("PUT", format!("{LEASES}/podvault-controller?"))
-            .body(
-                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        Call::new(
+            "PUT",
+            format!("{LEASES}/podvault-controller?{BY_CONTROLLER}"),
+        )
+        .body(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": "podvault-controller", "namespace": "podvault",
                              "resourceVersion": "41"},
                 "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15,
                          "acquireTime": "2026-11-24T10:00:00.000000Z",
                          "renewTime": "2026-11-24T10:00:00.000000Z", "leaseTransitions": 4}}),
-            )
-            .reply(
-                409,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        )
+        .reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                "reason": "Conflict", "code": 409, "message": "conflict"}),
-            ),
+        ),
     ]);
     let took = take(&client).await.expect("race");
     assert!(!took);

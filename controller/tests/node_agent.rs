@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use apiserver::{ApiServer, Call, list};
+use apiserver::{APPLY_AGENT, ApiServer, BY_AGENT, Call, list};
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use podvault_controller::cluster::Settings;
 use podvault_controller::crd::{Phase, PodVolumeBackup, PodVolumeRestore};
 use podvault_controller::node_agent::{
-    Agent, helper_running, process_backup, process_restore, restore_target, restore_work,
-    tell_late_pod,
+    Agent, helper_running, process_backup, process_restore, restore_target, tell_late_pod,
 };
 use podvault_s3::open_backend;
 use podvault_store::Repository;
@@ -143,7 +141,7 @@ async fn a_volume_backup_runs_on_the_kubelet_tree_into_s3_and_the_next_is_increm
 
     for round in 0..2 {
         let (client, server) = ApiServer::start(vec![
-            Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+            Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
                 .body_check(status_is("InProgress"))
                 .ok(echo()),
             Call::new(
@@ -156,7 +154,7 @@ async fn a_volume_backup_runs_on_the_kubelet_tree_into_s3_and_the_next_is_increm
                 "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
             )
             .ok(key_secret()),
-            Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+            Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
                 .body_check(status_is("Completed"))
                 .ok(echo()),
         ]);
@@ -189,7 +187,7 @@ async fn a_claim_volume_is_found_through_its_bound_csi_volume() {
     let dir = volume(&w.agent, "uid-2", "kubernetes.io~csi", "pvc-0b1c2d3e/mount");
     fs::write(dir.join("db/base"), b"rows").expect("write");
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(status_is("InProgress"))
             .ok(echo()),
         Call::new(
@@ -215,7 +213,7 @@ async fn a_claim_volume_is_found_through_its_bound_csi_volume() {
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .ok(key_secret()),
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(|body| {
                 assert_eq!(body["status"]["phase"], "Completed", "{body}");
                 assert_eq!(body["status"]["progress"]["totalBytes"], 4);
@@ -243,7 +241,7 @@ async fn cancel_stops_a_running_volume_backup_and_leaves_no_snapshot() {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(move |body| {
                 assert_eq!(body["status"]["phase"], "InProgress");
                 // The Backup's cancel reaches the agent while the volume runs.
@@ -260,7 +258,7 @@ async fn cancel_stops_a_running_volume_backup_and_leaves_no_snapshot() {
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .ok(key_secret()),
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(status_is("Canceled"))
             .ok(echo()),
     ]);
@@ -280,10 +278,10 @@ async fn cancel_stops_a_running_volume_backup_and_leaves_no_snapshot() {
 async fn a_volume_missing_on_the_node_fails_with_the_reason() {
     let w = world().await;
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(status_is("InProgress"))
             .ok(echo()),
-        Call::new("PATCH", format!("{PVBS}/nightly-1/status?"))
+        Call::new("PATCH", format!("{PVBS}/nightly-1/status?{APPLY_AGENT}"))
             .body_check(|body| {
                 assert_eq!(body["status"]["phase"], "Failed");
                 let m = body["status"]["message"].as_str().expect("message");
@@ -365,11 +363,11 @@ async fn a_volume_restore_fills_the_new_pods_volume_and_writes_the_marker() {
 
     let echo_pvr = serde_json::to_value(pvr("s", json!({}))).expect("json");
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVRS}/restore-1?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1?{BY_AGENT}"))
             .body(json!({"spec": {"node": "worker-1",
                 "pod": {"namespace": "shop-copy", "name": "db-0", "uid": "uid-new"}}}))
             .ok(echo_pvr.clone()),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("InProgress"))
             .ok(echo_pvr.clone()),
         Call::new(
@@ -382,7 +380,7 @@ async fn a_volume_restore_fills_the_new_pods_volume_and_writes_the_marker() {
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .ok(key_secret()),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("Completed"))
             .ok(echo_pvr),
     ]);
@@ -413,8 +411,8 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
     let target = volume(&w.agent, "uid-new", "kubernetes.io~empty-dir", "scratch");
     let echo_pvr = serde_json::to_value(pvr("s", json!({}))).expect("json");
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVRS}/restore-1?")).ok(echo_pvr.clone()),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1?{BY_AGENT}")).ok(echo_pvr.clone()),
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("InProgress"))
             .ok(echo_pvr.clone()),
         Call::new(
@@ -427,7 +425,7 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .not_found(),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("Failed"))
             .ok(echo_pvr),
     ]);
@@ -447,47 +445,6 @@ async fn a_restore_that_cannot_open_the_repository_tells_the_helper_why() {
         reason.contains("podvault/podvault-repo-shop") && reason.contains("does not exist"),
         "{reason}"
     );
-}
-
-#[test]
-fn an_agent_takes_waiting_restores_and_resumes_its_own_after_a_restart() {
-    let with = |name: &str, node: Option<&str>, pod: bool, phase: Option<&str>| {
-        let mut v = serde_json::to_value(pvr("s", json!({"podName": "db-0"}))).expect("json");
-        v["metadata"]["name"] = json!(name);
-        if let Some(node) = node {
-            v["spec"]["node"] = json!(node);
-        }
-        if pod {
-            v["spec"]["pod"] = json!({"namespace": "shop-copy", "name": "db-0", "uid": "u"});
-        }
-        if let Some(phase) = phase {
-            v["status"] = json!({ "phase": phase });
-        }
-        serde_json::from_value::<PodVolumeRestore>(v).expect("pvr")
-    };
-    let all = vec![
-        with("fresh", None, false, None),
-        with("new", None, false, Some("New")),
-        with(
-            "mine-interrupted",
-            Some("worker-1"),
-            true,
-            Some("InProgress"),
-        ),
-        with(
-            "other-node-running",
-            Some("worker-2"),
-            true,
-            Some("InProgress"),
-        ),
-        with("done", Some("worker-1"), true, Some("Completed")),
-        with("given-up", None, false, Some("Failed")),
-        with("failed-by-an-agent", Some("worker-1"), true, Some("Failed")),
-    ];
-    let (waiting, given_up) = restore_work(all, "worker-1");
-    let names = |v: &[PodVolumeRestore]| v.iter().map(|p| p.name_any()).collect::<Vec<_>>();
-    assert_eq!(names(&waiting), ["fresh", "new", "mine-interrupted"]);
-    assert_eq!(names(&given_up), ["given-up"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,11 +542,11 @@ async fn an_ephemeral_volume_is_restored_into_the_new_pods_own_claim_with_pod_ma
 
     let echo_pvr = serde_json::to_value(pvr("s", json!({}))).expect("json");
     let (client, server) = ApiServer::start(vec![
-        Call::new("PATCH", format!("{PVRS}/restore-1?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1?{BY_AGENT}"))
             .body(json!({"spec": {"node": "worker-1",
                 "pod": {"namespace": "shop-copy", "name": "db-0", "uid": "uid-eph"}}}))
             .ok(echo_pvr.clone()),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("InProgress"))
             .ok(echo_pvr.clone()),
         Call::new(
@@ -615,7 +572,7 @@ async fn an_ephemeral_volume_is_restored_into_the_new_pods_own_claim_with_pod_ma
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .ok(key_secret()),
-        Call::new("PATCH", format!("{PVRS}/restore-1/status?"))
+        Call::new("PATCH", format!("{PVRS}/restore-1/status?{APPLY_AGENT}"))
             .body_check(status_is("Completed"))
             .ok(echo_pvr),
     ]);

@@ -6,7 +6,7 @@ mod apiserver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::{ApiServer, Call};
+use apiserver::{APPLY_CONTROLLER, ApiServer, Call};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use podvault_controller::cluster::Settings;
@@ -89,7 +89,7 @@ async fn a_repository_is_pruned_once_per_interval_and_frees_forgotten_data() {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "podvault-repo-shop", "namespace": "podvault"},
             "data": {"repository-password": "dGhlLXRlc3Qta2V5"}})),
-        Call::new("PATCH", format!("{REPOS}/shop/status?"))
+        Call::new("PATCH", format!("{REPOS}/shop/status?{APPLY_CONTROLLER}"))
             .body_check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["lastMaintenance"], "2026-11-24T10:00:00Z");

@@ -8,7 +8,7 @@ mod apiserver;
 use std::path::Path;
 use std::sync::Arc;
 
-use apiserver::{ApiServer, Call, list};
+use apiserver::{APPLY_CONTROLLER, ApiServer, BY_CONTROLLER, Call, list};
 use k8s_openapi::jiff::Timestamp;
 use podvault_controller::backups::{BackupRecord, record_name};
 use podvault_controller::cluster::Settings;
@@ -268,14 +268,14 @@ async fn a_restore_in_a_rebuilt_cluster_finds_the_backup_through_the_key_secrets
             "/api/v1/namespaces/podvault/secrets/podvault-repo-shop",
         )
         .ok(secret),
-        Call::new("POST", "/api/v1/namespaces?")
+        Call::new("POST", format!("/api/v1/namespaces?{BY_CONTROLLER}"))
             .body(json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": "shop-copy",
                              "labels": {"podvault.io/restore-in-progress": "again"}}}))
             .created(),
         Call::new(
             "POST",
-            "/api/v1/namespaces/shop-copy/persistentvolumeclaims?",
+            format!("/api/v1/namespaces/shop-copy/persistentvolumeclaims?{BY_CONTROLLER}"),
         )
         .body_check(|b| {
             assert_eq!(b["metadata"]["name"], "pgdata");
@@ -294,7 +294,7 @@ async fn a_restore_in_a_rebuilt_cluster_finds_the_backup_through_the_key_secrets
             .expect("who");
         let name = volume_object_name("again", "shop-copy", &who, &spec.volume);
         script.push(
-            Call::new("POST", format!("{PVRS}?"))
+            Call::new("POST", format!("{PVRS}?{BY_CONTROLLER}"))
                 .body(json!({
                     "apiVersion": "podvault.io/v1alpha1", "kind": "PodVolumeRestore",
                     "metadata": {"name": name,
@@ -308,8 +308,8 @@ async fn a_restore_in_a_rebuilt_cluster_finds_the_backup_through_the_key_secrets
         );
     }
     script.push(
-        Call::new("PATCH", format!("{RESTORES}/again/status?"))
-            .body(json!({"status": {"phase": "InProgress",
+        Call::new("PATCH", format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"))
+            .body(json!({"apiVersion": "podvault.io/v1alpha1", "kind": "Restore", "status": {"phase": "InProgress",
                 "volumes": {"total": 3, "completed": 0, "failed": 0, "canceled": 0, "skipped": 0},
                 "startTimestamp": "2026-11-24T10:00:00Z"}}))
             .ok(serde_json::to_value(&r).expect("json")),
@@ -330,7 +330,7 @@ fn label_of_shop_read() -> Call {
 
 /// …and removes the label.
 fn label_of_shop_removed() -> Call {
-    Call::new("PATCH", "/api/v1/namespaces/shop?")
+    Call::new("PATCH", format!("/api/v1/namespaces/shop?{BY_CONTROLLER}"))
         .body(json!({"metadata": {"labels": {"podvault.io/restore-in-progress": null}}}))
         .ok(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
 }
@@ -361,7 +361,7 @@ async fn a_finished_restore_removes_its_namespace_label_and_lists_what_failed() 
             ])),
         label_of_shop_read(),
         label_of_shop_removed(),
-        Call::new("PATCH", format!("{RESTORES}/again/status?"))
+        Call::new("PATCH", format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"))
             .body_check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["phase"], "PartiallyFailed");
@@ -398,15 +398,18 @@ async fn a_restore_of_an_unknown_backup_fails_with_a_clear_message() {
             "/api/v1/namespaces/podvault/secrets?&labelSelector=podvault.io%2Frepository-key",
         )
         .ok(list("Secret", vec![])),
-        Call::new("PATCH", format!("{RESTORES}/again/status?"))
-            .body_check(|b| {
-                assert_eq!(b["status"]["phase"], "Failed");
-                assert_eq!(
-                    b["status"]["message"],
-                    "backup nope has no record in any repository this cluster has a key for"
-                );
-            })
-            .ok(serde_json::to_value(&r).expect("json")),
+        Call::new(
+            "PATCH",
+            format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"),
+        )
+        .body_check(|b| {
+            assert_eq!(b["status"]["phase"], "Failed");
+            assert_eq!(
+                b["status"]["message"],
+                "backup nope has no record in any repository this cluster has a key for"
+            );
+        })
+        .ok(serde_json::to_value(&r).expect("json")),
     ]);
     reconcile(Arc::new(r), &client, &settings, now(), None)
         .await
@@ -473,7 +476,7 @@ async fn a_restore_gives_up_on_a_volume_whose_pod_never_came_and_ends() {
                 ),
             ]),
             // Only the volume nobody took, and only if it is still the version read.
-            Call::new("PATCH", format!("{PVRS}/data/status?"))
+            Call::new("PATCH", format!("{PVRS}/data/status?{APPLY_CONTROLLER}"))
                 .body_check(|b| {
                     assert_eq!(b["metadata"]["resourceVersion"], "7");
                     assert_eq!(b["status"]["phase"], "Failed");
@@ -487,19 +490,22 @@ async fn a_restore_gives_up_on_a_volume_whose_pod_never_came_and_ends() {
                 .ok(waiting_pvr("data", json!({"claim": "pgdata"}), None)),
             label_of_shop_read(),
             label_of_shop_removed(),
-            Call::new("PATCH", format!("{RESTORES}/again/status?"))
-                .body_check(|b| {
-                    let s = &b["status"];
-                    assert_eq!(s["phase"], "PartiallyFailed");
-                    assert_eq!(s["volumes"]["completed"], 1);
-                    assert_eq!(s["volumes"]["failed"], 1);
-                    assert_eq!(
-                        s["message"],
-                        "shop volume data: no pod mounting claim pgdata appeared in namespace \
+            Call::new(
+                "PATCH",
+                format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"),
+            )
+            .body_check(|b| {
+                let s = &b["status"];
+                assert_eq!(s["phase"], "PartiallyFailed");
+                assert_eq!(s["volumes"]["completed"], 1);
+                assert_eq!(s["volumes"]["failed"], 1);
+                assert_eq!(
+                    s["message"],
+                    "shop volume data: no pod mounting claim pgdata appeared in namespace \
                      shop within 4h (the Restore's spec.timeout)"
-                    );
-                })
-                .ok(serde_json::to_value(&r).expect("json")),
+                );
+            })
+            .ok(serde_json::to_value(&r).expect("json")),
         ],
     )
     .await;
@@ -542,8 +548,9 @@ async fn a_restore_waits_for_pods_within_its_time_limit_and_leaves_a_volume_take
         &r,
         vec![
             pvrs_listed(pvrs()),
-            Call::new("PATCH", format!("{PVRS}/data/status?")).reply(409, conflict.clone()),
-            Call::new("PATCH", format!("{PVRS}/logs/status?"))
+            Call::new("PATCH", format!("{PVRS}/data/status?{APPLY_CONTROLLER}"))
+                .reply(409, conflict.clone()),
+            Call::new("PATCH", format!("{PVRS}/logs/status?{APPLY_CONTROLLER}"))
                 .body_check(|b| {
                     assert_eq!(
                         b["status"]["message"],
@@ -566,17 +573,20 @@ async fn a_restore_with_a_bad_time_limit_fails_before_it_starts() {
         reconcile_with(
             &r,
             vec![
-                Call::new("PATCH", format!("{RESTORES}/again/status?"))
-                    .body_check(move |b| {
-                        assert_eq!(b["status"]["phase"], "Failed");
-                        let message = b["status"]["message"].as_str().expect("message");
-                        assert!(
-                            message.starts_with("spec.timeout: duration \"0s\"")
-                                && message.contains(why),
-                            "{message}"
-                        );
-                    })
-                    .ok(serde_json::to_value(&r).expect("json")),
+                Call::new(
+                    "PATCH",
+                    format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"),
+                )
+                .body_check(move |b| {
+                    assert_eq!(b["status"]["phase"], "Failed");
+                    let message = b["status"]["message"].as_str().expect("message");
+                    assert!(
+                        message.starts_with("spec.timeout: duration \"0s\"")
+                            && message.contains(why),
+                        "{message}"
+                    );
+                })
+                .ok(serde_json::to_value(&r).expect("json")),
             ],
         )
         .await;
@@ -608,7 +618,7 @@ async fn past_its_time_limit_a_restore_fails_volumes_whose_pod_is_gone_deleted_o
     let mut failed = pod("job-0", "uid-job");
     failed["status"] = json!({"phase": "Failed"});
     let fails_with = |name: &'static str, message: &'static str| {
-        Call::new("PATCH", format!("{PVRS}/{name}/status?"))
+        Call::new("PATCH", format!("{PVRS}/{name}/status?{APPLY_CONTROLLER}"))
             .body_check(move |b| {
                 assert_eq!(b["status"]["phase"], "Failed");
                 assert_eq!(b["status"]["message"], message);
@@ -632,7 +642,7 @@ async fn past_its_time_limit_a_restore_fails_volumes_whose_pod_is_gone_deleted_o
             ),
             // db-0 was deleted and made again: another pod, which the restore never reached.
             Call::new("GET", "/api/v1/namespaces/shop/pods/db-0").ok(pod("db-0", "uid-new")),
-            Call::new("PATCH", format!("{PVRS}/data/status?"))
+            Call::new("PATCH", format!("{PVRS}/data/status?{APPLY_CONTROLLER}"))
                 .body_check(|b| {
                     assert_eq!(b["metadata"]["resourceVersion"], "7");
                     assert_eq!(b["status"]["phase"], "Failed");
@@ -651,14 +661,17 @@ async fn past_its_time_limit_a_restore_fails_volumes_whose_pod_is_gone_deleted_o
                 "pod shop/job-0, whose volume was being restored, has failed; not finished \
                  within 4h (the Restore's spec.timeout)",
             ),
-            Call::new("PATCH", format!("{RESTORES}/again/status?"))
-                .body_check(|b| {
-                    let s = &b["status"];
-                    assert_eq!(s["phase"], "InProgress");
-                    assert_eq!(s["volumes"]["failed"], 3);
-                    assert_eq!(s["volumes"]["completed"], 0);
-                })
-                .ok(serde_json::to_value(&r).expect("json")),
+            Call::new(
+                "PATCH",
+                format!("{RESTORES}/again/status?{APPLY_CONTROLLER}"),
+            )
+            .body_check(|b| {
+                let s = &b["status"];
+                assert_eq!(s["phase"], "InProgress");
+                assert_eq!(s["volumes"]["failed"], 3);
+                assert_eq!(s["volumes"]["completed"], 0);
+            })
+            .ok(serde_json::to_value(&r).expect("json")),
         ],
     )
     .await;

@@ -11,16 +11,20 @@ use anyhow::{Context, Result, bail};
 
 use super::runtime;
 use clap::{Args, Subcommand, ValueEnum};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::{Client, ResourceExt};
 use podvault_controller::cluster::{BACKUP_LABEL, RESTORE_LABEL};
 use podvault_controller::crd::{
     Backup, BackupRepository, BackupSpec, Phase, PodVolumeBackup, PodVolumeRestore, Restore,
     RestoreSpec,
 };
+use podvault_controller::write::{creating, updating};
 use serde_json::json;
 
 use crate::Global;
+
+/// The command line's field manager: what a user set through it, the API server says so.
+const CLI: &str = "podvault-cli";
 use crate::output::bytes;
 
 /// Which cluster, and where podvault is installed in it. Given anywhere on the command
@@ -307,7 +311,7 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
                     cancel: false,
                 };
                 let created = api
-                    .create(&PostParams::default(), &Backup::new(&a.name, spec))
+                    .create(&creating(CLI), &Backup::new(&a.name, spec))
                     .await
                     .with_context(|| format!("creating backup {}", a.name))?;
                 if !a.wait {
@@ -391,7 +395,7 @@ pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
                 let patched = api
                     .patch(
                         &name,
-                        &PatchParams::default(),
+                        &updating(CLI),
                         &Patch::Merge(json!({"spec": {"cancel": true}})),
                     )
                     .await
@@ -559,7 +563,7 @@ pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
                     timeout: a.timeout,
                 };
                 let created = api
-                    .create(&PostParams::default(), &Restore::new(&name, spec))
+                    .create(&creating(CLI), &Restore::new(&name, spec))
                     .await
                     .with_context(|| format!("creating restore {name}"))?;
                 if !a.wait {

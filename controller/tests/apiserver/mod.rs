@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 type Check = Box<dyn Fn(&Value) + Send>;
+
+/// The query of a status written by server-side apply as the controller.
+pub const APPLY_CONTROLLER: &str = "&force=true&fieldManager=podvault-controller";
+/// The query of a create or merge patch by the controller.
+pub const BY_CONTROLLER: &str = "&fieldManager=podvault-controller";
+/// The query of a status written by server-side apply as a node agent.
+pub const APPLY_AGENT: &str = "&force=true&fieldManager=podvault-node-agent";
+/// The query of a merge patch by a node agent.
+pub const BY_AGENT: &str = "&fieldManager=podvault-node-agent";
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// One expected request and its answer.
