@@ -453,6 +453,58 @@ struct Dest {
     slot: usize,
 }
 
+/// What listing one directory gives: a slot per entry (settled, or filled later by
+/// the work the entry needs), and that work.
+struct Listing {
+    slots: Vec<Option<Node>>,
+    work: Vec<Work>,
+    /// Small changed files not yet handed out, and their bytes.
+    batch: Vec<FileTask>,
+    batch_bytes: u64,
+    /// Slots to be filled later.
+    pending: usize,
+}
+
+impl Listing {
+    fn with_capacity(entries: usize) -> Listing {
+        Listing {
+            slots: Vec::with_capacity(entries),
+            work: Vec::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            pending: 0,
+        }
+    }
+
+    /// An entry whose node `work` fills in later.
+    fn later(&mut self, work: Work) {
+        self.work.push(work);
+        self.slots.push(None);
+        self.pending += 1;
+    }
+
+    /// A small file, read with others: a batch goes out at `batch_files` files or
+    /// [`BATCH_BYTES`].
+    fn batched(&mut self, task: FileTask, batch_files: usize) {
+        self.batch_bytes += task.node.size;
+        self.batch.push(task);
+        self.slots.push(None);
+        self.pending += 1;
+        if self.batch.len() >= batch_files || self.batch_bytes >= BATCH_BYTES {
+            self.work.push(Work::Files(std::mem::take(&mut self.batch)));
+            self.batch_bytes = 0;
+        }
+    }
+
+    /// The slots, all the work (the last batch too), and how many slots wait for it.
+    fn finish(mut self) -> (Vec<Option<Node>>, Vec<Work>, usize) {
+        if !self.batch.is_empty() {
+            self.work.push(Work::Files(self.batch));
+        }
+        (self.slots, self.work, self.pending)
+    }
+}
+
 /// A directory whose entries are still being read or stored.
 struct DirState {
     node: Mutex<Option<Node>>,
@@ -618,14 +670,7 @@ impl Scan<'_, '_> {
             return self.deliver(to, None);
         }
         add(&ctx.stats.dirs, 1);
-        let old = match old_tree.map(|t| ctx.repo.load_tree(&t)) {
-            Some(Ok(tree)) => Some(tree),
-            Some(Err(e)) => {
-                tracing::warn!(path = %path.display(), error = %e, "parent tree unreadable; reading the directory in full");
-                None
-            }
-            None => None,
-        };
+        let old = self.old_tree(path, old_tree);
         let entries = if descend { self.list(path) } else { Vec::new() };
         let state = Arc::new(DirState {
             node: Mutex::new(Some(node)),
@@ -634,11 +679,7 @@ impl Scan<'_, '_> {
             to,
         });
         let mut names = Names::default();
-        let mut slots: Vec<Option<Node>> = Vec::with_capacity(entries.len());
-        let mut work = Vec::new();
-        let mut batch: Vec<FileTask> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut pending = 0usize;
+        let mut listing = Listing::with_capacity(entries.len());
         for (child, md) in entries {
             let Some(kind) = meta::kind_of(&md) else {
                 ctx.skip(&child, "unsupported file type");
@@ -654,7 +695,7 @@ impl Scan<'_, '_> {
             });
             let dest = Dest {
                 dir: Some(state.clone()),
-                slot: slots.len(),
+                slot: listing.slots.len(),
             };
             match kind {
                 NodeKind::Dir => {
@@ -666,7 +707,7 @@ impl Scan<'_, '_> {
                     if !descend {
                         tracing::info!(path = %child.display(), "mount point: recorded empty, not entered");
                     }
-                    work.push(Work::Dir(Box::new(DirUnit {
+                    listing.later(Work::Dir(Box::new(DirUnit {
                         path: child,
                         node,
                         old_tree: old_node
@@ -675,73 +716,19 @@ impl Scan<'_, '_> {
                         descend,
                         to: dest,
                     })));
-                    slots.push(None);
-                    pending += 1;
                 }
-                NodeKind::File => {
-                    add(&ctx.stats.files, 1);
-                    add(&ctx.stats.bytes_total, node.size);
-                    match old_node {
-                        Some(old)
-                            if unchanged(old, &node)
-                                && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
-                        {
-                            node.content = old.content.clone();
-                            node.prints = old.prints.clone();
-                            node.xattrs = old.xattrs.clone();
-                            node.user = old.user.clone();
-                            node.group = old.group.clone();
-                            add(&ctx.stats.files_unmodified, 1);
-                            ctx.progress(1, node.size);
-                            slots.push(Some(node));
-                        }
-                        old => {
-                            add(
-                                if old.is_some() {
-                                    &ctx.stats.files_changed
-                                } else {
-                                    &ctx.stats.files_new
-                                },
-                                1,
-                            );
-                            let size = node.size;
-                            let old = old
-                                .filter(|_| ctx.fast_path && size >= ctx.mmap_min_bytes)
-                                .and_then(OldChunks::of);
-                            let task = FileTask {
-                                path: child,
-                                node,
-                                old,
-                                to: dest,
-                            };
-                            if size >= ctx.mmap_min_bytes.min(BATCH_BYTES) {
-                                work.push(Work::Files(vec![task]));
-                            } else {
-                                batch.push(task);
-                                batch_bytes += size;
-                                if batch.len() >= self.batch_files || batch_bytes >= BATCH_BYTES {
-                                    work.push(Work::Files(std::mem::take(&mut batch)));
-                                    batch_bytes = 0;
-                                }
-                            }
-                            slots.push(None);
-                            pending += 1;
-                        }
-                    }
-                }
+                NodeKind::File => self.list_file(child, node, old_node, dest, &mut listing),
                 _ => {
                     if let Err(e) = meta::complete_node(&mut node, &child, &mut names) {
                         ctx.skip(&child, e);
                         continue;
                     }
                     add(&ctx.stats.others, 1);
-                    slots.push(Some(node));
+                    listing.slots.push(Some(node));
                 }
             }
         }
-        if !batch.is_empty() {
-            work.push(Work::Files(batch));
-        }
+        let (slots, mut work, pending) = listing.finish();
         *state.slots.lock() = slots;
         state.remaining.fetch_add(pending, Ordering::AcqRel);
         // Last in, first out: push in reverse so the first entries are taken first.
@@ -749,6 +736,71 @@ impl Scan<'_, '_> {
         self.sched.push(work);
         // Release the listing's hold; this completes the directory if nothing is pending.
         self.deliver_listing_done(state);
+    }
+
+    /// The parent snapshot's listing of a directory, when it has one that can be read.
+    fn old_tree(&self, path: &Path, old_tree: Option<TreeId>) -> Option<Tree> {
+        match old_tree.map(|t| self.ctx.repo.load_tree(&t)) {
+            Some(Ok(tree)) => Some(tree),
+            Some(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "parent tree unreadable; reading the directory in full");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// One regular file of a listing: settled from the parent snapshot when unchanged
+    /// (and its chunks are still in the repository), else read, alone when large or in a
+    /// batch of small files.
+    fn list_file(
+        &self,
+        path: PathBuf,
+        mut node: Node,
+        old_node: Option<&Node>,
+        to: Dest,
+        listing: &mut Listing,
+    ) {
+        let ctx = self.ctx;
+        add(&ctx.stats.files, 1);
+        add(&ctx.stats.bytes_total, node.size);
+        match old_node {
+            Some(old)
+                if unchanged(old, &node) && old.content.iter().all(|b| ctx.repo.has_blob(b)) =>
+            {
+                node.content = old.content.clone();
+                node.prints = old.prints.clone();
+                node.xattrs = old.xattrs.clone();
+                node.user = old.user.clone();
+                node.group = old.group.clone();
+                add(&ctx.stats.files_unmodified, 1);
+                ctx.progress(1, node.size);
+                listing.slots.push(Some(node));
+            }
+            old => {
+                let counter = if old.is_some() {
+                    &ctx.stats.files_changed
+                } else {
+                    &ctx.stats.files_new
+                };
+                add(counter, 1);
+                let size = node.size;
+                let old = old
+                    .filter(|_| ctx.fast_path && size >= ctx.mmap_min_bytes)
+                    .and_then(OldChunks::of);
+                let task = FileTask {
+                    path,
+                    node,
+                    old,
+                    to,
+                };
+                if size >= ctx.mmap_min_bytes.min(BATCH_BYTES) {
+                    listing.later(Work::Files(vec![task]));
+                } else {
+                    listing.batched(task, self.batch_files);
+                }
+            }
+        }
     }
 
     fn deliver_listing_done(&self, state: Arc<DirState>) {
@@ -833,30 +885,7 @@ impl Scan<'_, '_> {
 pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport> {
     let started = chrono::Utc::now();
     let clock = Instant::now();
-    let source = std::path::absolute(&options.source).map_err(|e| Error::Source {
-        path: options.source.clone(),
-        reason: e.to_string(),
-    })?;
-    let meta = std::fs::symlink_metadata(&source).map_err(|e| Error::Source {
-        path: source.clone(),
-        reason: e.to_string(),
-    })?;
-    if !meta.is_dir() {
-        return Err(Error::Source {
-            path: source,
-            reason: "not a directory".into(),
-        });
-    }
-    let excludes = if options.exclude.is_empty() {
-        None
-    } else {
-        Some(
-            crate::Excludes::new(&options.exclude).map_err(|reason| Error::Source {
-                path: source.clone(),
-                reason,
-            })?,
-        )
-    };
+    let (source, meta, excludes) = open_source(options)?;
     let source_str = source.to_string_lossy().into_owned();
     let parent = match &options.parent {
         ParentChoice::None => None,
@@ -868,105 +897,34 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
     } else {
         options.threads
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("podvault-chunk-{i}"))
-        .build()
-        .map_err(|e| Error::Source {
-            path: source.clone(),
-            reason: format!("cannot start threads: {e}"),
-        })?;
-    let ctx = Ctx {
-        repo,
-        stats: Stats::default(),
-        unreadable: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        failed: AtomicBool::new(false),
-        pool,
-        progress: options.progress.clone(),
-        after_map: options.after_map.clone(),
-        mmap_min_bytes: options.mmap_min_bytes,
-        fast_path: !options.full_hash,
-        zero_ids: Mutex::new(HashMap::new()),
-        source: source.clone(),
-        excludes,
-        cancel: options.cancel.clone(),
-    };
+    let ctx = Ctx::new(repo, options, source.clone(), excludes, threads)?;
     if let Some(p) = &options.progress {
         spawn_prescan(source.clone(), p.clone());
     }
-
-    let mut root_node = meta::node_from_metadata(b"", &meta, NodeKind::Dir);
-    if let Err(e) = meta::complete_node(&mut root_node, &source, &mut Names::default()) {
-        ctx.skip(&source, e);
-    }
-    let scan = Scan {
-        ctx: &ctx,
-        sched: Scheduler {
-            stack: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-            done: AtomicBool::new(false),
-            root: Mutex::new(None),
-        },
-        root_dev: meta.dev(),
-        batch_files: options.batch_files.max(1),
-    };
-    scan.sched.push([Work::Dir(Box::new(DirUnit {
-        path: source.clone(),
-        node: root_node,
-        old_tree: parent.as_ref().map(|(_, snap)| snap.tree),
-        descend: true,
-        to: Dest { dir: None, slot: 0 },
-    }))]);
-    std::thread::scope(|s| -> Result<()> {
-        for i in 0..threads {
-            let scan = &scan;
-            std::thread::Builder::new()
-                .name(format!("podvault-scan-{i}"))
-                .spawn_scoped(s, move || scan.run())
-                .map_err(|e| Error::Source {
-                    path: source.clone(),
-                    reason: format!("cannot start threads: {e}"),
-                })?;
-        }
-        Ok(())
-    })?;
-    let root = scan.sched.root.lock().take();
+    let root = scan_tree(
+        &ctx,
+        &meta,
+        parent.as_ref().map(|(_, snap)| snap.tree),
+        threads,
+        options.batch_files,
+    )?;
     if let Some(e) = ctx.fatal.lock().take() {
         return Err(e.into());
     }
     if ctx.canceled() {
         repo.flush()?;
-        return Err(Error::Canceled {
-            path: source.clone(),
-        });
+        return Err(Error::Canceled { path: source });
     }
     let root = root.ok_or_else(|| Error::Source {
         path: source.clone(),
         reason: "the source directory could not be read".into(),
     })?;
     repo.flush()?;
-    let st = &ctx.stats;
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut unreadable = ctx.unreadable.into_inner();
     unreadable.sort_by(|a, b| a.path.cmp(&b.path));
-    let summary = Summary {
-        started: Some(started),
-        duration_ms: clock.elapsed().as_millis() as u64,
-        files: get(&st.files),
-        files_new: get(&st.files_new),
-        files_changed: get(&st.files_changed),
-        files_unmodified: get(&st.files_unmodified),
-        dirs: get(&st.dirs),
-        others: get(&st.others),
-        bytes_total: get(&st.bytes_total),
-        bytes_read: get(&st.bytes_read),
-        bytes_fast: get(&st.bytes_fast),
-        bytes_new: get(&st.bytes_new),
-        bytes_stored: get(&st.bytes_stored),
-        blobs_new: get(&st.blobs_new),
-        errors: unreadable.len() as u64,
-    };
+    let mut summary = ctx.stats.summary(unreadable.len() as u64);
+    summary.started = Some(started);
+    summary.duration_ms = clock.elapsed().as_millis() as u64;
     let snapshot = Snapshot {
         time: chrono::Utc::now(),
         host: options.host.clone(),
@@ -988,6 +946,143 @@ pub fn backup(repo: &Repository, options: &BackupOptions) -> Result<BackupReport
         snapshot,
         unreadable,
     })
+}
+
+/// Scans the source on `threads` threads, from the parent snapshot's `old_tree` when
+/// there is one; the root's node, or None when the scan failed or was canceled.
+fn scan_tree(
+    ctx: &Ctx<'_>,
+    meta: &std::fs::Metadata,
+    old_tree: Option<TreeId>,
+    threads: usize,
+    batch_files: usize,
+) -> Result<Option<Node>> {
+    let source = &ctx.source;
+    let mut root_node = meta::node_from_metadata(b"", meta, NodeKind::Dir);
+    if let Err(e) = meta::complete_node(&mut root_node, source, &mut Names::default()) {
+        ctx.skip(source, e);
+    }
+    let scan = Scan {
+        ctx,
+        sched: Scheduler {
+            stack: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            done: AtomicBool::new(false),
+            root: Mutex::new(None),
+        },
+        root_dev: meta.dev(),
+        batch_files: batch_files.max(1),
+    };
+    scan.sched.push([Work::Dir(Box::new(DirUnit {
+        path: source.clone(),
+        node: root_node,
+        old_tree,
+        descend: true,
+        to: Dest { dir: None, slot: 0 },
+    }))]);
+    std::thread::scope(|s| -> Result<()> {
+        for i in 0..threads {
+            let scan = &scan;
+            std::thread::Builder::new()
+                .name(format!("podvault-scan-{i}"))
+                .spawn_scoped(s, move || scan.run())
+                .map_err(|e| Error::Source {
+                    path: source.clone(),
+                    reason: format!("cannot start threads: {e}"),
+                })?;
+        }
+        Ok(())
+    })?;
+    Ok(scan.sched.root.lock().take())
+}
+
+impl<'a> Ctx<'a> {
+    /// The scan's shared state, with its pool of `threads` chunking threads.
+    fn new(
+        repo: &'a Repository,
+        options: &BackupOptions,
+        source: PathBuf,
+        excludes: Option<crate::Excludes>,
+        threads: usize,
+    ) -> Result<Ctx<'a>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("podvault-chunk-{i}"))
+            .build()
+            .map_err(|e| Error::Source {
+                path: source.clone(),
+                reason: format!("cannot start threads: {e}"),
+            })?;
+        Ok(Ctx {
+            repo,
+            stats: Stats::default(),
+            unreadable: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            pool,
+            progress: options.progress.clone(),
+            after_map: options.after_map.clone(),
+            mmap_min_bytes: options.mmap_min_bytes,
+            fast_path: !options.full_hash,
+            zero_ids: Mutex::new(HashMap::new()),
+            source,
+            excludes,
+            cancel: options.cancel.clone(),
+        })
+    }
+}
+
+/// The source as an absolute path that is a directory, its metadata, and its exclude
+/// patterns compiled.
+fn open_source(
+    options: &BackupOptions,
+) -> Result<(PathBuf, std::fs::Metadata, Option<crate::Excludes>)> {
+    let source = std::path::absolute(&options.source).map_err(|e| Error::Source {
+        path: options.source.clone(),
+        reason: e.to_string(),
+    })?;
+    let meta = std::fs::symlink_metadata(&source).map_err(|e| Error::Source {
+        path: source.clone(),
+        reason: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Source {
+            path: source,
+            reason: "not a directory".into(),
+        });
+    }
+    if options.exclude.is_empty() {
+        return Ok((source, meta, None));
+    }
+    let excludes = crate::Excludes::new(&options.exclude).map_err(|reason| Error::Source {
+        path: source.clone(),
+        reason,
+    })?;
+    Ok((source, meta, Some(excludes)))
+}
+
+impl Stats {
+    /// The counts as a snapshot's summary (its start and duration left for the caller).
+    fn summary(&self, errors: u64) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Summary {
+            started: None,
+            duration_ms: 0,
+            files: get(&self.files),
+            files_new: get(&self.files_new),
+            files_changed: get(&self.files_changed),
+            files_unmodified: get(&self.files_unmodified),
+            dirs: get(&self.dirs),
+            others: get(&self.others),
+            bytes_total: get(&self.bytes_total),
+            bytes_read: get(&self.bytes_read),
+            bytes_fast: get(&self.bytes_fast),
+            bytes_new: get(&self.bytes_new),
+            bytes_stored: get(&self.bytes_stored),
+            blobs_new: get(&self.blobs_new),
+            errors,
+        }
+    }
 }
 
 /// Counts files and bytes with a parallel walk so a progress display can show an ETA.
