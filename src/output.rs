@@ -286,10 +286,15 @@ impl ProgressBar {
             bar.set_style(style);
             bar.set_prefix(what);
             while !flag.load(Ordering::Relaxed) {
-                let (files, done, files_total, total, known) = progress.read();
-                bar.set_length(if known { total } else { total.max(done) });
+                let now = progress.read();
+                let (done, total) = (now.bytes_done, now.bytes_total);
+                bar.set_length(if now.totals_known {
+                    total
+                } else {
+                    total.max(done)
+                });
                 bar.set_position(done);
-                bar.set_message(format!("{files}/{files_total} files"));
+                bar.set_message(format!("{}/{} files", now.files_done, now.files_total));
                 std::thread::sleep(Duration::from_millis(100));
             }
             bar.finish_and_clear();

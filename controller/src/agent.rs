@@ -42,10 +42,10 @@ fn status(phase: Phase, message: Option<String>) -> PodVolumeStatus {
 }
 
 fn progress_of(p: &ScanProgress) -> Progress {
-    let (_, done, _, total, _) = p.read();
+    let now = p.read();
     Progress {
-        total_bytes: total.max(done),
-        bytes_done: done,
+        total_bytes: now.bytes_total.max(now.bytes_done),
+        bytes_done: now.bytes_done,
         bytes_new: p.bytes_new.load(std::sync::atomic::Ordering::Relaxed),
     }
 }

@@ -109,6 +109,7 @@ pub async fn reconcile(
 }
 
 /// [`reconcile`], publishing Events through `events`.
+#[tracing::instrument(skip_all, fields(backup = %backup.name_any()))]
 pub async fn reconcile_with_events(
     backup: Arc<Backup>,
     client: &Client,
@@ -675,14 +676,22 @@ pub async fn run(client: Client, settings: Settings, events: Recorder) {
     use kube::runtime::{Controller, watcher};
     let backups: Api<Backup> = Api::namespaced(client.clone(), &settings.namespace);
     let pvbs: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &settings.namespace);
-    let ctx = Arc::new((client, settings, events));
+    let ctx = Arc::new(crate::cluster::Context {
+        client,
+        settings,
+        events: Some(events),
+    });
     Controller::new(backups, watcher::Config::default())
         .owns(pvbs, watcher::Config::default())
         .shutdown_on_signal()
         .run(
             |backup, ctx| async move {
-                let (client, settings, events) = &*ctx;
-                reconcile_with_events(backup, client, settings, Timestamp::now(), Some(events))
+                let crate::cluster::Context {
+                    client,
+                    settings,
+                    events,
+                } = &*ctx;
+                reconcile_with_events(backup, client, settings, Timestamp::now(), events.as_ref())
                     .await
             },
             |backup, error, _| {

@@ -53,6 +53,14 @@ pub fn generated_key_init() -> InitOptions {
     }
 }
 
+/// What every reconcile of one of the controller's controllers shares.
+pub(crate) struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    /// Publishes Kubernetes Events on the objects (none for repositories).
+    pub events: Option<kube::runtime::events::Recorder>,
+}
+
 /// Errors of the controllers and the node agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

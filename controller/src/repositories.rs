@@ -24,6 +24,9 @@ pub const DEFAULT_INTERVAL: &str = "24h";
 
 /// One reconcile of a BackupRepository at `now`, pruning it if `every` has passed since
 /// its last maintenance.
+#[tracing::instrument(skip_all, fields(
+    repository = %repository.name_any(), namespace = %repository.spec.volume_namespace,
+))]
 pub async fn reconcile(
     repository: Arc<BackupRepository>,
     client: &Client,
@@ -110,13 +113,23 @@ pub async fn run(client: Client, settings: Settings, every: Duration) {
     use futures_util::StreamExt;
     use kube::runtime::{Controller, watcher};
     let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &settings.namespace);
-    let ctx = Arc::new((client, settings));
+    let ctx = Arc::new(crate::cluster::Context {
+        client,
+        settings,
+        events: None,
+    });
     Controller::new(repos, watcher::Config::default())
         .shutdown_on_signal()
         .run(
             move |repository, ctx| async move {
-                let (client, settings) = &*ctx;
-                reconcile(repository, client, settings, Timestamp::now(), every).await
+                reconcile(
+                    repository,
+                    &ctx.client,
+                    &ctx.settings,
+                    Timestamp::now(),
+                    every,
+                )
+                .await
             },
             |repository, error, _| {
                 tracing::warn!(repository = %repository.name_any(), "{error}");

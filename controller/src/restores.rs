@@ -237,6 +237,7 @@ fn fresh_pod(pod: &Pod, namespace: &str) -> Pod {
 }
 
 /// One reconcile of a Restore.
+#[tracing::instrument(skip_all, fields(restore = %restore.name_any(), backup = %restore.spec.backup_name))]
 pub async fn reconcile(
     restore: Arc<Restore>,
     client: &Client,
@@ -662,14 +663,22 @@ pub async fn run(client: Client, settings: Settings, events: Recorder) {
     use kube::runtime::{Controller, watcher};
     let restores: Api<Restore> = Api::namespaced(client.clone(), &settings.namespace);
     let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
-    let ctx = Arc::new((client, settings, events));
+    let ctx = Arc::new(crate::cluster::Context {
+        client,
+        settings,
+        events: Some(events),
+    });
     Controller::new(restores, watcher::Config::default())
         .owns(pvrs, watcher::Config::default())
         .shutdown_on_signal()
         .run(
             |restore, ctx| async move {
-                let (client, settings, events) = &*ctx;
-                reconcile(restore, client, settings, Timestamp::now(), Some(events)).await
+                let crate::cluster::Context {
+                    client,
+                    settings,
+                    events,
+                } = &*ctx;
+                reconcile(restore, client, settings, Timestamp::now(), events.as_ref()).await
             },
             |restore, error, _| {
                 tracing::warn!(restore = %restore.name_any(), "{error}");

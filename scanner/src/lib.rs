@@ -32,7 +32,7 @@ mod restore;
 pub use backup::{BackupOptions, BackupReport, FileHook, ParentChoice, Unreadable, backup};
 pub use error::{Error, Result};
 pub use exclude::Excludes;
-pub use progress::Progress;
+pub use progress::{Progress, ProgressCounts};
 pub use restore::{RestoreOptions, RestoreReport, restore};
 
 /// Files at least this large are read through a memory map; smaller ones with `read`.

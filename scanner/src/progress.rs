@@ -26,14 +26,29 @@ impl Progress {
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// A copy of the counters: (files done, bytes done, files total, bytes total, totals known).
-    pub fn read(&self) -> (u64, u64, u64, u64, bool) {
-        (
-            self.files_done.load(Ordering::Relaxed),
-            self.bytes_done.load(Ordering::Relaxed),
-            self.files_total.load(Ordering::Relaxed),
-            self.bytes_total.load(Ordering::Relaxed),
-            self.totals_known.load(Ordering::Relaxed),
-        )
+    /// A copy of the counters.
+    pub fn read(&self) -> ProgressCounts {
+        ProgressCounts {
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            files_total: self.files_total.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            totals_known: self.totals_known.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// The counters of a [`Progress`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgressCounts {
+    /// Files finished.
+    pub files_done: u64,
+    /// Bytes finished.
+    pub bytes_done: u64,
+    /// Files expected.
+    pub files_total: u64,
+    /// Bytes expected.
+    pub bytes_total: u64,
+    /// Whether the totals are complete.
+    pub totals_known: bool,
 }

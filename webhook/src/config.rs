@@ -42,7 +42,7 @@ pub struct HelperConfig {
 impl HelperConfig {
     /// The settings without a ConfigMap.
     pub fn defaults(version: &str) -> HelperConfig {
-        from_data(&BTreeMap::new(), version).0
+        from_data(&BTreeMap::new(), version).config
     }
 }
 
@@ -118,9 +118,18 @@ fn resource(value: &str) -> Result<Option<Quantity>, ()> {
     }
 }
 
+/// The helper settings and the warnings their ConfigMap raised.
+#[derive(Debug, Clone)]
+pub struct HelperSettings {
+    /// What the injected helper runs with.
+    pub config: HelperConfig,
+    /// What was wrong with the ConfigMap (each one is said in the admission response).
+    pub warnings: Vec<String>,
+}
+
 /// The helper's settings from a ConfigMap's data, and a warning for each value that was
 /// ignored.
-pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> (HelperConfig, Vec<String>) {
+pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> HelperSettings {
     let mut warnings = Vec::new();
     let image = match data
         .get("image")
@@ -205,14 +214,14 @@ pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> (HelperConfi
         ..ResourceRequirements::default()
     };
     let security_context = security_context(data, &mut warnings);
-    (
-        HelperConfig {
+    HelperSettings {
+        config: HelperConfig {
             image,
             resources,
             security_context,
         },
         warnings,
-    )
+    }
 }
 
 fn security_context(

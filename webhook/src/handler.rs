@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::config::HelperConfig;
+use crate::config::{HelperConfig, HelperSettings};
 use crate::decide::decide;
 
 /// The largest request body read (the API server's objects are at most ~1.5 MiB).
 pub const MAX_BODY: usize = 4 << 20;
 
-/// The helper settings and the warnings their ConfigMap raised.
-pub type Settings = Arc<(HelperConfig, Vec<String>)>;
+/// The settings requests see now; replaced whole when the ConfigMap changes.
+pub type Settings = Arc<HelperSettings>;
 
 /// The pending restores, by target namespace: a request looks only at its own namespace's.
 #[derive(Debug, Default)]
@@ -81,7 +81,10 @@ impl State {
         State {
             install_namespace: install_namespace.to_string(),
             pending: RwLock::new(Arc::new(Pending::default())),
-            config: RwLock::new(Arc::new((HelperConfig::defaults(version), Vec::new()))),
+            config: RwLock::new(Arc::new(HelperSettings {
+                config: HelperConfig::defaults(version),
+                warnings: Vec::new(),
+            })),
         }
     }
 
@@ -291,28 +294,43 @@ pub fn review(body: &[u8], state: &State) -> (Answer, Outcome) {
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
         .unwrap_or_default();
+    let pod_name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or_default();
+    let _span = tracing::info_span!("admission", uid, namespace, pod = pod_name).entered();
     let (pending, config) = (state.pending(), state.settings());
     let decision = decide(
         &pod,
         namespace,
         &state.install_namespace,
         pending.in_namespace(namespace),
-        &config.0,
+        &config.config,
     );
     let Some(patch) = decision.patch else {
+        if let Some(reason) = decision.skipped {
+            tracing::debug!(reason, "no restore helper");
+        }
         return allowed;
     };
     let Ok(bytes) = serde_json::to_vec(&patch) else {
         return allowed;
     };
     let warnings = config
-        .1
+        .warnings
         .iter()
         .map(|w| format!("podvault restore helper ConfigMap: {w}"))
         .collect();
     let mut answer = Answer::allowed(uid, warnings);
     answer.response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
     answer.response.patch_type = Some("JSONPatch".to_string());
+    tracing::info!(
+        restore_uid = decision.restore_uid.as_deref().unwrap_or_default(),
+        volumes = ?decision.volumes,
+        "restore helper injected"
+    );
     (answer, Outcome::Injected)
 }
 

@@ -15,7 +15,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
 use kube::{Client, Resource, ResourceExt};
 use podvault_api::crd::{Phase, PodVolumeRestore};
 
-use crate::config::{HelperConfig, from_data, is_helper_config};
+use crate::config::{HelperConfig, HelperSettings, from_data, is_helper_config};
 use crate::server::Shared;
 
 /// The restores a new pod may be waiting for: not started, no pod chosen yet.
@@ -30,7 +30,7 @@ pub fn pending(all: impl IntoIterator<Item = PodVolumeRestore>) -> Vec<PodVolume
 pub fn helper_settings<'a>(
     maps: impl IntoIterator<Item = &'a ConfigMap>,
     version: &str,
-) -> (HelperConfig, Vec<String>, Option<ConfigMap>) {
+) -> (HelperSettings, Option<ConfigMap>) {
     let mut found: Vec<&ConfigMap> = maps
         .into_iter()
         .filter(|m| is_helper_config(m.labels()))
@@ -39,10 +39,16 @@ pub fn helper_settings<'a>(
     match found.first() {
         Some(map) => {
             let empty = BTreeMap::new();
-            let (config, warnings) = from_data(map.data.as_ref().unwrap_or(&empty), version);
-            (config, warnings, Some((*map).clone()))
+            let settings = from_data(map.data.as_ref().unwrap_or(&empty), version);
+            (settings, Some((*map).clone()))
         }
-        None => (HelperConfig::defaults(version), Vec::new(), None),
+        None => (
+            HelperSettings {
+                config: HelperConfig::defaults(version),
+                warnings: Vec::new(),
+            },
+            None,
+        ),
     }
 }
 
@@ -86,12 +92,13 @@ pub async fn run(
         Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         maps_synced,
         move |known: &BTreeMap<String, ConfigMap>| {
-            let (config, warnings, source) = helper_settings(known.values(), &version);
+            let (settings, source) = helper_settings(known.values(), &version);
+            let warnings = settings.warnings.clone();
             *shared
                 .state
                 .config
                 .write()
-                .unwrap_or_else(|p| p.into_inner()) = Arc::new((config, warnings.clone()));
+                .unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
             mark_ready();
             // Each new problem of the ConfigMap is reported once, as a Warning Event on it.
             let news = source.filter(|_| !warnings.is_empty()).filter(|map| {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use podvault_api::crd::{Phase, PodVolumeRestore};
 use podvault_testkit::merge_json;
-use podvault_webhook::config::{HelperConfig, from_data, is_helper_config, quantity_value};
+use podvault_webhook::config::{
+    HelperConfig, HelperSettings, from_data, is_helper_config, quantity_value,
+};
 use podvault_webhook::decide::{decide, derived_security_context};
 use serde_json::{Value, json};
 
@@ -245,7 +247,10 @@ fn the_configmap_is_read_as_velero_documents_it() {
         ""
     )])));
 
-    let (c, warnings) = from_data(
+    let HelperSettings {
+        config: c,
+        warnings,
+    } = from_data(
         &data(&[
             ("image", "registry.local:5000/tools/helper"),
             ("cpuRequest", "200m"),
@@ -280,13 +285,16 @@ fn the_configmap_is_read_as_velero_documents_it() {
     );
     assert_eq!(
         from_data(&data(&[("image", "helper@sha256:abcd")]), "0.1.0")
-            .0
+            .config
             .image,
         "helper@sha256:abcd"
     );
 
     // Bad values fall back to the defaults with a warning each; none blocks a pod.
-    let (c, warnings) = from_data(
+    let HelperSettings {
+        config: c,
+        warnings,
+    } = from_data(
         &data(&[
             ("cpuRequest", "lots"),
             ("memRequest", "2Gi"),
@@ -357,14 +365,14 @@ fn the_cache_keeps_restores_not_started_and_the_first_labeled_configmap() {
             json!({"image": "first", "cpuLimit": "x"}),
         ),
     ];
-    let (config, warnings, source) = helper_settings(maps.iter(), "0.1.0");
+    let (HelperSettings { config, warnings }, source) = helper_settings(maps.iter(), "0.1.0");
     assert_eq!(config.image, "first:0.1.0");
     assert_eq!(warnings.len(), 1);
     assert_eq!(
         source.and_then(|m| m.metadata.name).as_deref(),
         Some("a-helper")
     );
-    let (config, warnings, source) = helper_settings(maps[..1].iter(), "0.1.0");
+    let (HelperSettings { config, warnings }, source) = helper_settings(maps[..1].iter(), "0.1.0");
     assert_eq!(config, HelperConfig::defaults("0.1.0"));
     assert!(warnings.is_empty() && source.is_none());
 }
@@ -462,7 +470,10 @@ fn velero_helper_images_copied_over_are_replaced_with_a_warning() {
         "docker.io/velero/velero:v1.15.0",
         "registry.local:5000/mirror/velero-restore-helper@sha256:0123",
     ] {
-        let (c, warnings) = from_data(&data(&[("image", image)]), "0.1.0");
+        let HelperSettings {
+            config: c,
+            warnings,
+        } = from_data(&data(&[("image", image)]), "0.1.0");
         assert_eq!(c.image, "ghcr.io/podvault/podvault:0.1.0", "{image}");
         assert!(
             warnings.len() == 1 && warnings[0].contains("Velero's"),
@@ -474,7 +485,10 @@ fn velero_helper_images_copied_over_are_replaced_with_a_warning() {
         "mirror/veleroish:1",
         "acme/helper:velero",
     ] {
-        let (c, warnings) = from_data(&data(&[("image", image)]), "0.1.0");
+        let HelperSettings {
+            config: c,
+            warnings,
+        } = from_data(&data(&[("image", image)]), "0.1.0");
         assert!(warnings.is_empty(), "{image}: {warnings:?}");
         assert!(c.image.starts_with(image), "{image}");
     }

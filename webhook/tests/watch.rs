@@ -195,13 +195,13 @@ async fn lists_then_follows_restores_and_the_helper_configmap() {
     })
     .await;
     until("the fixed ConfigMap", || {
-        shared.state.settings().1.is_empty()
+        shared.state.settings().warnings.is_empty()
     })
     .await;
     let settings = shared.state.settings();
-    assert_eq!(settings.0.image, "registry.local/podvault:0.1.0");
+    assert_eq!(settings.config.image, "registry.local/podvault:0.1.0");
     let cpu = settings
-        .0
+        .config
         .resources
         .requests
         .as_ref()
