@@ -62,6 +62,7 @@ impl Default for Lifetimes {
 
 /// Problems making or storing the certificates.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// rcgen could not make a key or certificate.
     #[error("generating a certificate: {0}")]

@@ -20,22 +20,27 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Problems with the certificate files.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file could not be read.
-    #[error("reading {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A file holds no usable certificate or key.
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     /// TLS settings could not be built.
     #[error("TLS settings: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Read {
+    std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })
 }
 
@@ -171,7 +176,7 @@ impl ResolvesServerCert for Reloader {
 pub fn server_config(reloader: Arc<Reloader>) -> Result<Arc<ServerConfig>, Error> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(Error::Tls)?
         .with_no_client_auth()
         .with_cert_resolver(reloader);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -218,25 +218,11 @@ async fn start(
     {
         return fail(&api, backup, now, format!("spec.timeout: {e}")).await;
     }
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let claims: BTreeMap<(String, String), PersistentVolumeClaim> =
-        Api::<PersistentVolumeClaim>::all(client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|c| ((c.namespace().unwrap_or_default(), c.name_any()), c))
-            .collect();
-    let volumes: BTreeMap<String, PersistentVolume> = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|v| (v.name_any(), v))
-        .collect();
+    let ClusterVolumes {
+        pods,
+        claims,
+        volumes,
+    } = ClusterVolumes::list(client).await?;
     let plan = match plan_backup(&name, &backup.spec, &pods, &claims, &volumes) {
         Ok(p) => p,
         Err(e) => return fail(&api, backup, now, format!("spec.labelSelector: {e}")).await,
@@ -255,21 +241,7 @@ async fn start(
         };
         save_record(settings, namespace, key, &name, &record).await?;
     }
-    let owner = backup.controller_owner_ref(&());
-    let pvbs: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &settings.namespace);
-    for spec in &plan.volumes {
-        let mut object = PodVolumeBackup::new(&volume_object_name(&name, spec), spec.clone());
-        object.metadata.labels = Some(BTreeMap::from([
-            (BACKUP_LABEL.to_string(), name.clone()),
-            (NODE_LABEL.to_string(), spec.node.clone()),
-        ]));
-        object.metadata.owner_references = owner.clone().map(|o| vec![o]);
-        match pvbs.create(&creating(CONTROLLER), &object).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    create_volume_backups(client, settings, backup, &plan.volumes).await?;
     let mut status = BackupStatus {
         phase: if plan.volumes.is_empty() {
             Phase::Completed
@@ -296,6 +268,70 @@ async fn start(
         "backup started"
     );
     Ok(Action::requeue(POLL))
+}
+
+/// The cluster's pods, claims (by namespace and name) and persistent volumes (by name).
+struct ClusterVolumes {
+    pods: Vec<Pod>,
+    claims: BTreeMap<(String, String), PersistentVolumeClaim>,
+    volumes: BTreeMap<String, PersistentVolume>,
+}
+
+impl ClusterVolumes {
+    async fn list(client: &Client) -> Result<ClusterVolumes, Error> {
+        let pods = Api::<Pod>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let claims: BTreeMap<(String, String), PersistentVolumeClaim> =
+            Api::<PersistentVolumeClaim>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|c| ((c.namespace().unwrap_or_default(), c.name_any()), c))
+                .collect();
+        let volumes: BTreeMap<String, PersistentVolume> =
+            Api::<PersistentVolume>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|v| (v.name_any(), v))
+                .collect();
+        Ok(ClusterVolumes {
+            pods,
+            claims,
+            volumes,
+        })
+    }
+}
+
+/// Creates a PodVolumeBackup for each volume of the plan, labeled with its node for that
+/// node's agent and owned by the Backup; one that exists already is left as it is.
+async fn create_volume_backups(
+    client: &Client,
+    settings: &Settings,
+    backup: &Backup,
+    volumes: &[PodVolumeBackupSpec],
+) -> Result<(), Error> {
+    let name = backup.name_any();
+    let owner = backup.controller_owner_ref(&());
+    let pvbs: Api<PodVolumeBackup> = Api::namespaced(client.clone(), &settings.namespace);
+    for spec in volumes {
+        let mut object = PodVolumeBackup::new(&volume_object_name(&name, spec), spec.clone());
+        object.metadata.labels = Some(BTreeMap::from([
+            (BACKUP_LABEL.to_string(), name.clone()),
+            (NODE_LABEL.to_string(), spec.node.clone()),
+        ]));
+        object.metadata.owner_references = owner.clone().map(|o| vec![o]);
+        match pvbs.create(&creating(CONTROLLER), &object).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn pods_of(pods: &[Pod], volumes: &[PodVolumeBackupSpec], namespace: &str) -> Vec<Pod> {
@@ -350,9 +386,10 @@ fn decode(
 ) -> Result<Option<BackupRecord>, Error> {
     bytes
         .map(|b| {
-            serde_json::from_slice(&b).map_err(|e| Error::Repository {
+            serde_json::from_slice(&b).map_err(|source| Error::Record {
                 namespace: namespace.to_string(),
-                message: format!("the record of backup {backup} does not parse: {e}"),
+                backup: backup.to_string(),
+                source,
             })
         })
         .transpose()

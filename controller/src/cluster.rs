@@ -63,13 +63,38 @@ pub(crate) struct Context {
 
 /// Errors of the controllers and the node agent.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The API server refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// The repository or the object store failed.
-    #[error("repository of namespace {namespace}: {message}")]
-    Repository { namespace: String, message: String },
+    #[error("repository of namespace {namespace}: {source}")]
+    Repository {
+        namespace: String,
+        #[source]
+        source: podvault_store::Error,
+    },
+    /// Work on a repository, run on the blocking pool, panicked or was cancelled.
+    #[error("repository of namespace {namespace}: the work stopped: {source}")]
+    Task {
+        namespace: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The record of a backup kept in its repository does not parse.
+    #[error(
+        "repository of namespace {namespace}: the record of backup {backup} does not parse: {source}"
+    )]
+    Record {
+        namespace: String,
+        backup: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The volume directories of this node cannot be found.
+    #[error(transparent)]
+    HostPath(#[from] crate::hostpath::HostPathError),
     /// A key Secret is missing or has no key.
     #[error("{0}")]
     Key(String),
@@ -117,10 +142,17 @@ pub async fn repository_key(
     key_of(&secret, install_namespace)
 }
 
-fn repo_error(namespace: &str, e: impl std::fmt::Display) -> Error {
+fn repo_error(namespace: &str, source: podvault_store::Error) -> Error {
     Error::Repository {
         namespace: namespace.to_string(),
-        message: e.to_string(),
+        source,
+    }
+}
+
+fn task_error(namespace: &str, source: tokio::task::JoinError) -> Error {
+    Error::Task {
+        namespace: namespace.to_string(),
+        source,
     }
 }
 
@@ -141,7 +173,7 @@ pub async fn open_repository(
         Repository::open_session(backend, &key, command, access)
     })
     .await
-    .map_err(|e| repo_error(namespace, e))?;
+    .map_err(|e| task_error(namespace, e))?;
     let (repo, session) = opened.map_err(|e| repo_error(&ns, e))?;
     Ok((Arc::new(repo), session))
 }
@@ -173,7 +205,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| repo_error(namespace, e))?
+        .map_err(|e| task_error(namespace, e))?
         .map_err(|e| repo_error(namespace, e))
 }
 

@@ -17,9 +17,27 @@ pub const DEFAULT_PODS_ROOT: &str = "/var/lib/kubelet/pods";
 /// The setting that changes it, named in errors.
 pub const ROOT_SETTING: &str = "--kubelet-pods-root (Helm value nodeAgent.kubeletPodsRoot)";
 
-/// Why a volume's directory could not be found.
+/// Why a volume's directory could not be found, or the pods root is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HostPathError {
+    /// The pods root is not a directory on this node.
+    #[error(
+        "the kubelet pods root {} does not exist on this node: set {ROOT_SETTING} \
+         (RancherOS: /opt/rke/var/lib/kubelet/pods, TKGI: /var/vcap/data/kubelet/pods, \
+         microk8s: /var/snap/microk8s/common/var/lib/kubelet/pods, k0s: \
+         /var/lib/k0s/kubelet/pods)",
+        root.display()
+    )]
+    NoRoot { root: PathBuf },
+    /// None of the node's running pods has a directory under the root.
+    #[error(
+        "none of the {pods} running pods of this node has a directory under {}: set \
+         {ROOT_SETTING} to where this node's kubelet keeps pods, and check that the \
+         directory is mounted into the node agent",
+        root.display()
+    )]
+    WrongRoot { root: PathBuf, pods: usize },
     /// The pod has no directory under the root.
     #[error("pod {uid} has no directory under {root}: is {ROOT_SETTING} right for this node?")]
     NoPod { uid: String, root: PathBuf },
@@ -130,28 +148,21 @@ pub fn resolve(root: &Path, pod_uid: &str, dir: &str, csi: bool) -> Result<PathB
 /// At start: the running pods of this node (their UIDs) must have directories under the
 /// root, else the root is wrong for this distribution (RancherOS, TKGI, microk8s, k0s keep
 /// it elsewhere) and the error says which setting to change.
-pub fn check_root(root: &Path, running_pod_uids: &[String]) -> Result<(), String> {
+pub fn check_root(root: &Path, running_pod_uids: &[String]) -> Result<(), HostPathError> {
     if !root.is_dir() {
-        return Err(format!(
-            "the kubelet pods root {} does not exist on this node: set {ROOT_SETTING} \
-             (RancherOS: /opt/rke/var/lib/kubelet/pods, TKGI: /var/vcap/data/kubelet/pods, \
-             microk8s: /var/snap/microk8s/common/var/lib/kubelet/pods, k0s: \
-             /var/lib/k0s/kubelet/pods)",
-            root.display()
-        ));
+        return Err(HostPathError::NoRoot {
+            root: root.to_path_buf(),
+        });
     }
-    let missing: Vec<&String> = running_pod_uids
+    let missing = running_pod_uids
         .iter()
         .filter(|uid| !root.join(uid).is_dir())
-        .collect();
-    if !running_pod_uids.is_empty() && missing.len() == running_pod_uids.len() {
-        return Err(format!(
-            "none of the {} running pods of this node has a directory under {}: set \
-             {ROOT_SETTING} to where this node's kubelet keeps pods, and check that the \
-             directory is mounted into the node agent",
-            running_pod_uids.len(),
-            root.display()
-        ));
+        .count();
+    if !running_pod_uids.is_empty() && missing == running_pod_uids.len() {
+        return Err(HostPathError::WrongRoot {
+            root: root.to_path_buf(),
+            pods: running_pod_uids.len(),
+        });
     }
     Ok(())
 }

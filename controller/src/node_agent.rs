@@ -710,7 +710,7 @@ pub async fn check_pods_root(client: &Client, agent: &Agent) -> Result<(), Error
         })
         .filter_map(|p| p.uid())
         .collect();
-    crate::hostpath::check_root(&agent.pods_root, &uids).map_err(Error::Invalid)
+    Ok(crate::hostpath::check_root(&agent.pods_root, &uids)?)
 }
 
 #[cfg(test)]

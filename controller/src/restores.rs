@@ -170,16 +170,26 @@ pub fn is_ephemeral(pod: &Pod, volume: &str) -> bool {
 
 /// Checks an entry of a Restore's `includedVolumes`: `namespace/pod/volume` or
 /// `namespace/claim`, with the backup's (source) namespace.
-pub fn check_included_volume(entry: &str) -> Result<(), String> {
+pub fn check_included_volume(entry: &str) -> Result<(), BadIncludedVolume> {
     let parts: Vec<&str> = entry.split('/').collect();
     if matches!(parts.len(), 2 | 3) && parts.iter().all(|p| !p.is_empty()) {
         Ok(())
     } else {
-        Err(format!(
-            "{entry:?} names no volume: use namespace/pod/volume or namespace/claim \
-             (the namespace as backed up)"
-        ))
+        Err(BadIncludedVolume {
+            entry: entry.to_string(),
+        })
     }
+}
+
+/// An `includedVolumes` entry that names no volume.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{entry:?} names no volume: use namespace/pod/volume or namespace/claim (the namespace \
+     as backed up)"
+)]
+pub struct BadIncludedVolume {
+    /// The entry as written.
+    pub entry: String,
 }
 
 /// Whether an `includedVolumes` entry names the backed-up volume `volume` of namespace
@@ -346,39 +356,14 @@ async fn start(
     now: Timestamp,
     events: Option<&Recorder>,
 ) -> Result<Action, Error> {
-    let name = restore.name_any();
     let backup = &restore.spec.backup_name;
     let mut status = RestoreStatus {
         phase: Phase::InProgress,
         start_timestamp: Some(Time(now)),
         ..RestoreStatus::default()
     };
-    if let Err(e) = restore_timeout(restore.spec.timeout.as_ref()) {
-        return fail_at_start(
-            client,
-            settings,
-            restore,
-            status,
-            format!("spec.timeout: {e}"),
-            events,
-        )
-        .await;
-    }
-    if let Some(e) = restore
-        .spec
-        .included_volumes
-        .iter()
-        .find_map(|v| check_included_volume(v).err())
-    {
-        return fail_at_start(
-            client,
-            settings,
-            restore,
-            status,
-            format!("spec.includedVolumes: {e}"),
-            events,
-        )
-        .await;
+    if let Some(message) = refusal(restore) {
+        return fail_at_start(client, settings, restore, status, message, events).await;
     }
     let found = records(client, settings, backup).await?;
     if found.is_empty() {
@@ -387,6 +372,55 @@ async fn start(
         return fail_at_start(client, settings, restore, status, message, events).await;
     }
     let plan = plan_restore(restore, &found);
+    create_objects(client, settings, restore, &plan).await?;
+    status.volumes.total = plan.volumes.len() as u32;
+    if plan.volumes.is_empty() {
+        status.phase = Phase::Completed;
+        status.completion_timestamp = Some(Time(now));
+        status.message = Some("no volume of the backup matched".into());
+    }
+    set_status(client, settings, restore, &status).await?;
+    announce(
+        events,
+        restore,
+        false,
+        "Started",
+        format!(
+            "{} volumes into namespaces {}",
+            plan.volumes.len(),
+            plan.namespaces
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await;
+    Ok(Action::requeue(POLL))
+}
+
+/// Why a Restore's spec cannot be acted on, if it cannot.
+fn refusal(restore: &Restore) -> Option<String> {
+    if let Err(e) = restore_timeout(restore.spec.timeout.as_ref()) {
+        return Some(format!("spec.timeout: {e}"));
+    }
+    restore
+        .spec
+        .included_volumes
+        .iter()
+        .find_map(|v| check_included_volume(v).err())
+        .map(|e| format!("spec.includedVolumes: {e}"))
+}
+
+/// Creates what a restore plan needs and the cluster lacks: its namespaces (labeled as
+/// being restored into), claims, pods, and one PodVolumeRestore per volume.
+async fn create_objects(
+    client: &Client,
+    settings: &Settings,
+    restore: &Restore,
+    plan: &RestorePlan,
+) -> Result<(), Error> {
+    let name = restore.name_any();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in &plan.namespaces {
         let labeled = Namespace {
@@ -440,30 +474,7 @@ async fn start(
         object.metadata.owner_references = owner_ref.clone().map(|o| vec![o]);
         create_if_missing(&pvrs, &object).await?;
     }
-    status.volumes.total = plan.volumes.len() as u32;
-    if plan.volumes.is_empty() {
-        status.phase = Phase::Completed;
-        status.completion_timestamp = Some(Time(now));
-        status.message = Some("no volume of the backup matched".into());
-    }
-    set_status(client, settings, restore, &status).await?;
-    announce(
-        events,
-        restore,
-        false,
-        "Started",
-        format!(
-            "{} volumes into namespaces {}",
-            plan.volumes.len(),
-            plan.namespaces
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    )
-    .await;
-    Ok(Action::requeue(POLL))
+    Ok(())
 }
 
 /// Ends a Restore that cannot start, with the reason.

@@ -128,81 +128,16 @@ pub fn select_volumes(
             }
         })
         .collect();
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Unknown");
-    let mut mounted = BTreeSet::new();
-    let mut devices = BTreeSet::new();
-    if let Some(spec) = spec {
-        let containers = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten());
-        for c in containers {
-            mounted.extend(c.volume_mounts.iter().flatten().map(|m| m.name.clone()));
-            devices.extend(c.volume_devices.iter().flatten().map(|d| d.name.clone()));
-        }
-    }
+    let facts = PodFacts::of(pod);
     let mut selected = Vec::new();
     for v in candidates {
-        if let Some(reason) = unsupported_type(v) {
-            skip(&v.name, reason.into());
-            continue;
-        }
-        if phase != "Running" {
-            skip(&v.name, format!("the pod is not running (phase {phase})"));
-            continue;
-        }
-        if devices.contains(&v.name) {
-            skip(
-                &v.name,
-                "block-mode volumes have no file system to back up".into(),
-            );
-            continue;
-        }
-        if !mounted.contains(&v.name) {
-            skip(&v.name, "no container of the pod mounts it".into());
-            continue;
-        }
-        // A generic ephemeral volume lives on the claim `<pod>-<volume>` that Kubernetes
-        // makes for it, and is found like any claim's volume.
-        let claim = match (&v.persistent_volume_claim, &v.ephemeral) {
-            (Some(c), _) => Some(c.claim_name.clone()),
-            (None, Some(_)) => Some(format!("{pod_name}-{}", v.name)),
-            (None, None) => None,
+        let claim = match facts.volume_claim(v, claims, volumes) {
+            Ok(claim) => claim,
+            Err(reason) => {
+                skip(&v.name, reason);
+                continue;
+            }
         };
-        if let Some(claim_name) = &claim {
-            let Some(pvc) = claims.get(claim_name) else {
-                skip(&v.name, format!("its claim {claim_name} does not exist"));
-                continue;
-            };
-            let pvc_spec = pvc.spec.as_ref();
-            if pvc_spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block") {
-                skip(
-                    &v.name,
-                    "block-mode volumes have no file system to back up".into(),
-                );
-                continue;
-            }
-            let bound = pvc_spec.and_then(|s| s.volume_name.clone());
-            let Some(pv_name) = bound else {
-                skip(&v.name, format!("its claim {claim_name} is not bound"));
-                continue;
-            };
-            if volumes
-                .get(&pv_name)
-                .and_then(|pv| pv.spec.as_ref())
-                .is_some_and(|s| s.host_path.is_some())
-            {
-                skip(
-                    &v.name,
-                    format!("its claim {claim_name} is bound to hostPath volume {pv_name}"),
-                );
-                continue;
-            }
-        }
         match exclude_paths_for(pod, &v.name) {
             Ok(exclude_paths) => selected.push(Selected {
                 volume: v.name.clone(),
@@ -214,6 +149,94 @@ pub fn select_volumes(
     }
     selection.volumes = selected;
     selection
+}
+
+/// What decides whether a pod's volume can be backed up, besides the volume itself.
+struct PodFacts<'a> {
+    name: &'a str,
+    phase: &'a str,
+    /// Volumes some container mounts.
+    mounted: BTreeSet<&'a str>,
+    /// Volumes some container uses as a block device.
+    devices: BTreeSet<&'a str>,
+}
+
+impl<'a> PodFacts<'a> {
+    fn of(pod: &'a Pod) -> PodFacts<'a> {
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Unknown");
+        let mut facts = PodFacts {
+            name: pod.metadata.name.as_deref().unwrap_or_default(),
+            phase,
+            mounted: BTreeSet::new(),
+            devices: BTreeSet::new(),
+        };
+        if let Some(spec) = &pod.spec {
+            let containers = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten());
+            for c in containers {
+                let mounts = c.volume_mounts.iter().flatten();
+                facts.mounted.extend(mounts.map(|m| m.name.as_str()));
+                let devices = c.volume_devices.iter().flatten();
+                facts.devices.extend(devices.map(|d| d.name.as_str()));
+            }
+        }
+        facts
+    }
+
+    /// The claim a volume the backup asks for lives on (None for a pod-local volume), or
+    /// why it cannot be backed up.
+    fn volume_claim(
+        &self,
+        v: &Volume,
+        claims: &BTreeMap<String, PersistentVolumeClaim>,
+        volumes: &BTreeMap<String, PersistentVolume>,
+    ) -> Result<Option<String>, String> {
+        if let Some(reason) = unsupported_type(v) {
+            return Err(reason.into());
+        }
+        if self.phase != "Running" {
+            return Err(format!("the pod is not running (phase {})", self.phase));
+        }
+        if self.devices.contains(v.name.as_str()) {
+            return Err("block-mode volumes have no file system to back up".into());
+        }
+        if !self.mounted.contains(v.name.as_str()) {
+            return Err("no container of the pod mounts it".into());
+        }
+        // A generic ephemeral volume lives on the claim `<pod>-<volume>` that Kubernetes
+        // makes for it, and is found like any claim's volume.
+        let claim = match (&v.persistent_volume_claim, &v.ephemeral) {
+            (Some(c), _) => c.claim_name.clone(),
+            (None, Some(_)) => format!("{}-{}", self.name, v.name),
+            (None, None) => return Ok(None),
+        };
+        let Some(pvc) = claims.get(&claim) else {
+            return Err(format!("its claim {claim} does not exist"));
+        };
+        let pvc_spec = pvc.spec.as_ref();
+        if pvc_spec.and_then(|s| s.volume_mode.as_deref()) == Some("Block") {
+            return Err("block-mode volumes have no file system to back up".into());
+        }
+        let Some(pv_name) = pvc_spec.and_then(|s| s.volume_name.as_deref()) else {
+            return Err(format!("its claim {claim} is not bound"));
+        };
+        if volumes
+            .get(pv_name)
+            .and_then(|pv| pv.spec.as_ref())
+            .is_some_and(|s| s.host_path.is_some())
+        {
+            return Err(format!(
+                "its claim {claim} is bound to hostPath volume {pv_name}"
+            ));
+        }
+        Ok(Some(claim))
+    }
 }
 
 /// Keeps one backup of each claim mounted by several pods (a ReadWriteMany claim): the

@@ -122,12 +122,16 @@ fn volume_directories_are_found_as_the_kubelet_lays_them_out() {
     assert!(!is_csi(&provisioned, &BTreeSet::new()));
 
     assert!(check_root(&root, &[uid.to_string(), "gone".into()]).is_ok());
-    let err = check_root(&root, &["a".into(), "b".into()]).expect_err("wrong root");
+    let err = check_root(&root, &["a".into(), "b".into()])
+        .expect_err("wrong root")
+        .to_string();
     assert!(
         err.contains("none of the 2 running pods") && err.contains("nodeAgent.kubeletPodsRoot"),
         "{err}"
     );
-    let err = check_root(&tmp.path().join("nope"), &[]).expect_err("missing root");
+    let err = check_root(&tmp.path().join("nope"), &[])
+        .expect_err("missing root")
+        .to_string();
     assert!(err.contains("microk8s"), "{err}");
 }
 

@@ -1054,10 +1054,7 @@ fn open_source(
     if options.exclude.is_empty() {
         return Ok((source, meta, None));
     }
-    let excludes = crate::Excludes::new(&options.exclude).map_err(|reason| Error::Source {
-        path: source.clone(),
-        reason,
-    })?;
+    let excludes = crate::Excludes::new(&options.exclude)?;
     Ok((source, meta, Some(excludes)))
 }
 

@@ -14,6 +14,9 @@ pub enum Error {
     /// The directory to back up cannot be used.
     #[error("source {path}: {reason}")]
     Source { path: PathBuf, reason: String },
+    /// An exclude pattern is not valid.
+    #[error("exclude pattern {pattern:?}: {reason}")]
+    Exclude { pattern: String, reason: String },
     /// The backup was canceled; no snapshot was written.
     #[error("backup of {path} canceled")]
     Canceled { path: PathBuf },
@@ -40,4 +43,19 @@ pub enum Error {
     /// Several files failed to restore; the first is shown.
     #[error("{count} files could not be restored; the first: {first}")]
     Many { count: usize, first: Box<Error> },
+}
+
+impl Error {
+    /// One error for all of `errors`: the only one, or the first with the count; None when
+    /// there are none.
+    pub(crate) fn of_all(mut errors: Vec<Error>) -> Option<Error> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            count => Some(Error::Many {
+                count,
+                first: Box::new(errors.remove(0)),
+            }),
+        }
+    }
 }

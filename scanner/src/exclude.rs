@@ -16,18 +16,22 @@ pub struct Excludes {
 
 impl Excludes {
     /// Compiles `patterns`; the error names the pattern that is not valid.
-    pub fn new(patterns: &[String]) -> Result<Excludes, String> {
+    pub fn new(patterns: &[String]) -> crate::Result<Excludes> {
         let mut by_name = GlobSetBuilder::new();
         let mut by_path = GlobSetBuilder::new();
         for pattern in patterns {
             let trimmed = pattern.trim_start_matches("./").trim_end_matches('/');
             if trimmed.is_empty() || trimmed.starts_with('/') {
-                return Err(format!(
-                    "exclude pattern {pattern:?} must be a non-empty path relative to the \
-                     backed-up directory"
-                ));
+                return Err(crate::Error::Exclude {
+                    pattern: pattern.clone(),
+                    reason: "it must be a non-empty path relative to the backed-up directory"
+                        .into(),
+                });
             }
-            let bad = |e: globset::Error| format!("exclude pattern {pattern:?}: {e}");
+            let bad = |e: globset::Error| crate::Error::Exclude {
+                pattern: pattern.clone(),
+                reason: e.kind().to_string(),
+            };
             if trimmed.contains('/') || pattern.starts_with("./") {
                 let glob = GlobBuilder::new(trimmed)
                     .literal_separator(true)
@@ -38,9 +42,13 @@ impl Excludes {
                 by_name.add(Glob::new(trimmed).map_err(bad)?);
             }
         }
+        let whole = |e: globset::Error| crate::Error::Exclude {
+            pattern: patterns.join(" "),
+            reason: e.to_string(),
+        };
         Ok(Excludes {
-            by_name: by_name.build().map_err(|e| e.to_string())?,
-            by_path: by_path.build().map_err(|e| e.to_string())?,
+            by_name: by_name.build().map_err(whole)?,
+            by_path: by_path.build().map_err(whole)?,
         })
     }
 
@@ -86,7 +94,7 @@ mod tests {
             assert!(!ex.matches(Path::new(no)), "{no}");
         }
         let err = Excludes::new(&["[oops".into()]).expect_err("bad glob");
-        assert!(err.contains("[oops"), "{err}");
+        assert!(err.to_string().contains("[oops"), "{err}");
         assert!(Excludes::new(&["/abs".into()]).is_err());
     }
 }

@@ -26,6 +26,13 @@ impl Progress {
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Sets the totals, known from the start (a restore knows them from its snapshot).
+    pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Ordering::Relaxed);
+        self.bytes_total.store(bytes, Ordering::Relaxed);
+        self.totals_known.store(true, Ordering::Relaxed);
+    }
+
     /// A copy of the counters.
     pub fn read(&self) -> ProgressCounts {
         ProgressCounts {

@@ -389,14 +389,7 @@ pub fn restore(
         options.threads
     };
     if let Some(p) = &options.progress {
-        p.files_total
-            .store(snapshot.summary.files, std::sync::atomic::Ordering::Relaxed);
-        p.bytes_total.store(
-            snapshot.summary.bytes_total,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        p.totals_known
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        p.set_totals(snapshot.summary.files, snapshot.summary.bytes_total);
     }
     let report = Mutex::new(RestoreReport::default());
     let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
@@ -463,34 +456,23 @@ pub fn restore(
             })
         })
     })?;
-    let mut errors = errors.into_inner();
-    if !errors.is_empty() {
-        let count = errors.len();
-        let first = errors.remove(0);
-        return Err(if count == 1 {
-            first
-        } else {
-            Error::Many {
-                count,
-                first: Box::new(first),
-            }
-        });
+    if let Some(error) = Error::of_all(errors.into_inner()) {
+        return Err(error);
     }
     let mut report = report.into_inner();
-    for (path, node) in dirs.iter().rev() {
+    // Deepest first, the target last: a directory's times are set after its content.
+    let all = dirs
+        .iter()
+        .rev()
+        .map(|(path, node)| (path.as_path(), node))
+        .chain([(target.as_path(), &snapshot.root)]);
+    for (path, node) in all {
         let warnings = meta::apply(path, node, as_root);
-        report.warnings.extend(
-            warnings
-                .into_iter()
-                .map(|w| format!("{}: {w}", path.display())),
-        );
-    }
-    let warnings = meta::apply(&target, &snapshot.root, as_root);
-    report.warnings.extend(
-        warnings
+        let said = warnings
             .into_iter()
-            .map(|w| format!("{}: {w}", target.display())),
-    );
+            .map(|w| format!("{}: {w}", path.display()));
+        report.warnings.extend(said);
+    }
     report.dirs = dirs.len() as u64 + 1;
     Ok(report)
 }
@@ -650,7 +632,7 @@ impl Walker<'_> {
         };
         let next = cursor.next_entry(&plain);
         self.listings[level].1 = Some(plain);
-        next
+        next.map_err(|e| e.to_string())
     }
 
     fn restore_entries(

@@ -51,7 +51,7 @@ pub use maintenance::{
 pub use repo::{Access, Config, DamagedSnapshot, InitOptions, Repository, SaveOutcome};
 pub use snapshot::{Snapshot, Summary, this_host, this_user};
 pub use tree::{
-    ChunkPrint, Chunks, Entry, Node, NodeCursor, NodeKind, PRINT_BYTES, Tree, Xattr,
+    ChunkPrint, Chunks, Entry, ListingError, Node, NodeCursor, NodeKind, PRINT_BYTES, Tree, Xattr,
     repeated_entries,
 };
 

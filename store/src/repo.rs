@@ -758,7 +758,8 @@ impl Repository {
     /// The plaintext of a tree and a cursor at its first entry.
     pub fn tree_listing(&self, id: &TreeId) -> Result<(Vec<u8>, NodeCursor)> {
         let plain = self.tree_bytes(id)?;
-        let cursor = NodeCursor::new(&plain).map_err(|e| Error::corrupt("tree", id.to_hex(), e))?;
+        let cursor = NodeCursor::new(&plain)
+            .map_err(|e| Error::corrupt("tree", id.to_hex(), e.to_string()))?;
         Ok((plain, cursor))
     }
 
@@ -771,7 +772,7 @@ impl Repository {
         mut f: impl FnMut(Entry, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let (plain, mut cursor) = self.tree_listing(id)?;
-        let corrupt = |e: String| Error::corrupt("tree", id.to_hex(), e);
+        let corrupt = |e: crate::ListingError| Error::corrupt("tree", id.to_hex(), e.to_string());
         while let Some(entry) = cursor.next_entry(&plain).map_err(corrupt)? {
             f(entry, &plain)?;
         }

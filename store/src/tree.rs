@@ -203,10 +203,21 @@ pub struct NodeCursor {
     done: bool,
 }
 
+/// What is wrong with a tree's plaintext, found while reading it entry by entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ListingError(String);
+
+impl From<String> for ListingError {
+    fn from(reason: String) -> Self {
+        ListingError(reason)
+    }
+}
+
 impl NodeCursor {
     /// Finds the entries of a tree's plaintext (`{"nodes": [...]}`; other keys before them
     /// are skipped). The error says what is wrong with the plaintext.
-    pub fn new(plain: &[u8]) -> std::result::Result<NodeCursor, String> {
+    pub fn new(plain: &[u8]) -> std::result::Result<NodeCursor, ListingError> {
         use ciborium_ll::Header;
         let empty = |offset| NodeCursor {
             offset,
@@ -216,7 +227,7 @@ impl NodeCursor {
         let mut at = 0usize;
         let keys = match header(plain, &mut at)? {
             Header::Map(n) => n,
-            other => return Err(format!("a tree is a map, not {other:?}")),
+            other => return Err(format!("a tree is a map, not {other:?}").into()),
         };
         let mut seen = 0usize;
         loop {
@@ -235,7 +246,7 @@ impl NodeCursor {
                         left: n.map(|n| n as u64),
                         done: false,
                     }),
-                    other => Err(format!("a tree's nodes are an array, not {other:?}")),
+                    other => Err(format!("a tree's nodes are an array, not {other:?}").into()),
                 };
             }
             decode::<serde::de::IgnoredAny>(plain, &mut at)?;
@@ -244,7 +255,7 @@ impl NodeCursor {
 
     /// The next entry, or `None` after the last. `plain` must be the plaintext the cursor
     /// was made from.
-    pub fn next(&mut self, plain: &[u8]) -> std::result::Result<Option<Node>, String> {
+    pub fn next(&mut self, plain: &[u8]) -> std::result::Result<Option<Node>, ListingError> {
         if self.at_end(plain)? {
             return Ok(None);
         }
@@ -273,7 +284,7 @@ impl NodeCursor {
     /// As [`next`](Self::next), but in a large listing a file's long list of chunk ids is
     /// left in place (see [`Entry::chunks`]): the entry then costs a few hundred bytes
     /// however many chunks it lists.
-    pub fn next_entry(&mut self, plain: &[u8]) -> std::result::Result<Option<Entry>, String> {
+    pub fn next_entry(&mut self, plain: &[u8]) -> std::result::Result<Option<Entry>, ListingError> {
         if self.at_end(plain)? {
             return Ok(None);
         }
@@ -536,14 +547,14 @@ mod tests {
     fn read_all(plain: &[u8]) -> (Vec<Node>, Option<String>) {
         let mut cursor = match NodeCursor::new(plain) {
             Ok(c) => c,
-            Err(e) => return (vec![], Some(e)),
+            Err(e) => return (vec![], Some(e.to_string())),
         };
         let mut got = Vec::new();
         loop {
             match cursor.next(plain) {
                 Ok(Some(node)) => got.push(node),
                 Ok(None) => return (got, None),
-                Err(e) => return (got, Some(e)),
+                Err(e) => return (got, Some(e.to_string())),
             }
         }
     }

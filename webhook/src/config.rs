@@ -127,15 +127,14 @@ pub struct HelperSettings {
     pub warnings: Vec<String>,
 }
 
-/// The helper's settings from a ConfigMap's data, and a warning for each value that was
-/// ignored.
-pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> HelperSettings {
-    let mut warnings = Vec::new();
-    let image = match data
+/// The helper's image from the `image` key, tagged with `version` when it has no tag;
+/// the default for a missing, Velero or malformed one (with a warning).
+fn image_of(data: &BTreeMap<String, String>, version: &str, warnings: &mut Vec<String>) -> String {
+    let image = data
         .get("image")
         .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+        .filter(|s| !s.is_empty());
+    match image {
         Some(i) if is_velero_image(i) => {
             warnings.push(format!(
                 "image {i:?} is Velero's, which has no `podvault restore-wait`; using \
@@ -151,56 +150,49 @@ pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> HelperSettin
             with_tag(DEFAULT_IMAGE, version)
         }
         None => with_tag(DEFAULT_IMAGE, version),
-    };
-    let mut pick = |key: &str, default: &str| -> (Option<Quantity>, Option<Quantity>) {
-        let fallback = resource(default).unwrap_or(None);
-        match data.get(key) {
-            None => (fallback.clone(), fallback),
-            Some(v) => match resource(v) {
-                Ok(q) => (q, fallback),
-                Err(()) => {
-                    warnings.push(format!(
-                        "{key} {v:?} is not a quantity; using the default {default}"
-                    ));
-                    (fallback.clone(), fallback)
-                }
-            },
-        }
-    };
-    let (mut cpu_request, cpu_request_default) = pick("cpuRequest", "100m");
-    let (mut mem_request, mem_request_default) = pick("memRequest", "128Mi");
-    let (mut cpu_limit, cpu_limit_default) = pick("cpuLimit", "100m");
-    let (mut mem_limit, mem_limit_default) = pick("memLimit", "128Mi");
-    let above = |request: &Option<Quantity>, limit: &Option<Quantity>| match (request, limit) {
-        (Some(r), Some(l)) => {
-            quantity_value(&r.0).unwrap_or(0.0) > quantity_value(&l.0).unwrap_or(f64::MAX)
-        }
-        _ => false,
-    };
-    if above(&cpu_request, &cpu_limit) {
-        warnings.push(format!(
-            "cpuRequest {} is above cpuLimit {}; using the defaults",
-            cpu_request
-                .as_ref()
-                .map(|q| q.0.as_str())
-                .unwrap_or_default(),
-            cpu_limit.as_ref().map(|q| q.0.as_str()).unwrap_or_default()
-        ));
-        cpu_request = cpu_request_default;
-        cpu_limit = cpu_limit_default;
     }
-    if above(&mem_request, &mem_limit) {
+}
+
+/// One resource's request and limit (`<name>Request`, `<name>Limit`; `name` is `cpu` or
+/// `mem`): each from its key or `default`; a value that is no quantity, or a request
+/// above its limit, falls back to the defaults with a warning.
+fn request_and_limit(
+    data: &BTreeMap<String, String>,
+    name: &str,
+    default: &str,
+    warnings: &mut Vec<String>,
+) -> (Option<Quantity>, Option<Quantity>) {
+    let fallback = resource(default).unwrap_or(None);
+    let mut pick = |key: String| match data.get(&key) {
+        None => fallback.clone(),
+        Some(v) => resource(v).unwrap_or_else(|()| {
+            warnings.push(format!(
+                "{key} {v:?} is not a quantity; using the default {default}"
+            ));
+            fallback.clone()
+        }),
+    };
+    let request = pick(format!("{name}Request"));
+    let limit = pick(format!("{name}Limit"));
+    if let (Some(r), Some(l)) = (&request, &limit)
+        && quantity_value(&r.0).unwrap_or(0.0) > quantity_value(&l.0).unwrap_or(f64::MAX)
+    {
         warnings.push(format!(
-            "memRequest {} is above memLimit {}; using the defaults",
-            mem_request
-                .as_ref()
-                .map(|q| q.0.as_str())
-                .unwrap_or_default(),
-            mem_limit.as_ref().map(|q| q.0.as_str()).unwrap_or_default()
+            "{name}Request {} is above {name}Limit {}; using the defaults",
+            r.0, l.0
         ));
-        mem_request = mem_request_default;
-        mem_limit = mem_limit_default;
+        return (fallback.clone(), fallback);
     }
+    (request, limit)
+}
+
+/// The helper's settings from a ConfigMap's data, and a warning for each value that was
+/// ignored.
+pub fn from_data(data: &BTreeMap<String, String>, version: &str) -> HelperSettings {
+    let mut warnings = Vec::new();
+    let image = image_of(data, version, &mut warnings);
+    let (cpu_request, cpu_limit) = request_and_limit(data, "cpu", "100m", &mut warnings);
+    let (mem_request, mem_limit) = request_and_limit(data, "mem", "128Mi", &mut warnings);
     let map = |cpu: Option<Quantity>, mem: Option<Quantity>| {
         let m: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", mem)]
             .into_iter()

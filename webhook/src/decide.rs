@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use podvault_api::crd::{Phase, PodVolumeRestore};
@@ -62,56 +62,20 @@ pub fn decide(
     pending: &[PodVolumeRestore],
     config: &HelperConfig,
 ) -> Decision {
-    if namespace == "kube-system" || namespace == install_namespace {
-        return skip("protected namespace");
-    }
-    let annotations = pod.metadata.annotations.as_ref();
-    if annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
-        return skip("mirror pod");
+    if let Some(reason) = untouchable(pod, namespace, install_namespace) {
+        return skip(reason);
     }
     let Some(spec) = &pod.spec else {
         return skip("no pod spec");
     };
-    if spec
-        .init_containers
-        .iter()
-        .flatten()
-        .any(|c| c.name == RESTORE_HELPER)
-    {
-        return skip("helper already present");
-    }
-    let waiting = |pvr: &&PodVolumeRestore| {
-        pvr.spec.pod.is_none() && pvr.status.as_ref().is_none_or(|s| s.phase == Phase::New)
-    };
-    if !pending.iter().any(|p| waiting(&p)) {
-        return skip("no pending restore for this pod");
-    }
-    // The namespace of the request is authoritative: a new pod often has none set (the pod
-    // is copied only then).
-    let placed = if pod.metadata.namespace.as_deref() == Some(namespace) {
-        std::borrow::Cow::Borrowed(pod)
-    } else {
-        let mut placed = pod.clone();
-        placed.metadata.namespace = Some(namespace.to_string());
-        std::borrow::Cow::Owned(placed)
-    };
-    let mut by_restore: BTreeMap<&str, (Vec<&str>, Duration)> = BTreeMap::new();
-    for pvr in pending.iter().filter(waiting) {
-        if restore_target(&pvr.spec, &placed) {
-            let entry = by_restore
-                .entry(pvr.spec.restore_uid.as_str())
-                .or_insert_with(|| (Vec::new(), Duration::ZERO));
-            entry.0.push(pvr.spec.volume.as_str());
-            entry.1 = entry.1.max(helper_timeout(pvr.spec.timeout.as_ref()));
-        }
-    }
-    // One restore at a time into a namespace; if two claim the pod, the first (by UID)
-    // is served now and the other's volumes are left to a later pod.
-    let Some((uid, (mut volumes, timeout))) = by_restore.into_iter().next() else {
+    let Some(Claim {
+        restore_uid: uid,
+        volumes,
+        timeout,
+    }) = claim(pod, namespace, pending)
+    else {
         return skip("no pending restore for this pod");
     };
-    volumes.sort_unstable();
-    volumes.dedup();
     // The markers come through a volume of the helper's own, unless the pod already has a
     // volume of that name (then the helper reads them inside the volumes).
     let own_markers = !spec.volumes.iter().flatten().any(|v| v.name == POD_MARKERS);
@@ -130,28 +94,7 @@ pub fn decide(
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
-        let volume = serde_json::to_value(Volume {
-            name: POD_MARKERS.to_string(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("1Mi".to_string())),
-                ..EmptyDirVolumeSource::default()
-            }),
-            ..Volume::default()
-        })
-        .unwrap_or(Value::Null);
-        operations.push(PatchOperation::Add(
-            if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
-                AddOperation {
-                    path: PointerBuf::from_tokens(["spec", "volumes"]),
-                    value: Value::Array(vec![volume]),
-                }
-            } else {
-                AddOperation {
-                    path: PointerBuf::from_tokens(["spec", "volumes", "-"]),
-                    value: volume,
-                }
-            },
-        ));
+        operations.push(add_markers_volume(spec));
     }
     let container = serde_json::to_value(&helper).unwrap_or(Value::Null);
     // Before the pod's own init containers, or as the whole list when it has none.
@@ -173,6 +116,94 @@ pub fn decide(
         volumes: volumes.iter().map(|v| v.to_string()).collect(),
         skipped: None,
     }
+}
+
+/// Why a pod is never touched, if it is not: in a protected namespace, a mirror pod, or
+/// one that has the helper already.
+fn untouchable(pod: &Pod, namespace: &str, install_namespace: &str) -> Option<&'static str> {
+    if namespace == "kube-system" || namespace == install_namespace {
+        return Some("protected namespace");
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+        return Some("mirror pod");
+    }
+    let helper_present = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .any(|c| c.name == RESTORE_HELPER);
+    helper_present.then_some("helper already present")
+}
+
+/// The restore a pod's helper waits for: its UID, the volumes (sorted) and the longest
+/// of their time limits.
+struct Claim<'a> {
+    restore_uid: &'a str,
+    volumes: Vec<&'a str>,
+    timeout: Duration,
+}
+
+/// The pending restore that claims the pod, if any. One restore at a time into a
+/// namespace; if two claim the pod, the first (by UID) is served now and the other's
+/// volumes are left to a later pod.
+fn claim<'a>(pod: &Pod, namespace: &str, pending: &'a [PodVolumeRestore]) -> Option<Claim<'a>> {
+    let waiting = |pvr: &&PodVolumeRestore| {
+        pvr.spec.pod.is_none() && pvr.status.as_ref().is_none_or(|s| s.phase == Phase::New)
+    };
+    if !pending.iter().any(|p| waiting(&p)) {
+        return None;
+    }
+    // The namespace of the request is authoritative: a new pod often has none set (the pod
+    // is copied only then).
+    let placed = if pod.metadata.namespace.as_deref() == Some(namespace) {
+        std::borrow::Cow::Borrowed(pod)
+    } else {
+        let mut placed = pod.clone();
+        placed.metadata.namespace = Some(namespace.to_string());
+        std::borrow::Cow::Owned(placed)
+    };
+    let mut by_restore: BTreeMap<&str, Claim<'a>> = BTreeMap::new();
+    for pvr in pending.iter().filter(waiting) {
+        if restore_target(&pvr.spec, &placed) {
+            let uid = pvr.spec.restore_uid.as_str();
+            let entry = by_restore.entry(uid).or_insert_with(|| Claim {
+                restore_uid: uid,
+                volumes: Vec::new(),
+                timeout: Duration::ZERO,
+            });
+            entry.volumes.push(pvr.spec.volume.as_str());
+            entry.timeout = entry.timeout.max(helper_timeout(pvr.spec.timeout.as_ref()));
+        }
+    }
+    let (_, mut claim) = by_restore.into_iter().next()?;
+    claim.volumes.sort_unstable();
+    claim.volumes.dedup();
+    Some(claim)
+}
+
+/// Adds the helper's small volume for restore markers to the pod's volumes.
+fn add_markers_volume(spec: &PodSpec) -> PatchOperation {
+    let volume = serde_json::to_value(Volume {
+        name: POD_MARKERS.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Mi".to_string())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+    .unwrap_or(Value::Null);
+    PatchOperation::Add(if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
+        AddOperation {
+            path: PointerBuf::from_tokens(["spec", "volumes"]),
+            value: Value::Array(vec![volume]),
+        }
+    } else {
+        AddOperation {
+            path: PointerBuf::from_tokens(["spec", "volumes", "-"]),
+            value: volume,
+        }
+    })
 }
 
 /// How long the helper waits: the Restore's time limit (a volume not restored by then
