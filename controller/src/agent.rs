@@ -103,10 +103,19 @@ pub fn back_up_volume(
         }
         worker.join()
     });
-    let result = match result {
-        Ok(r) => r,
-        Err(_) => return status(Phase::Failed, Some("the backup thread panicked".into())),
-    };
+    match result {
+        Ok(result) => outcome(result, timed_out.then_some(job.timeout), &progress),
+        Err(_) => status(Phase::Failed, Some("the backup thread panicked".into())),
+    }
+}
+
+/// A volume backup's status from the engine's result; `timed_out` is the limit when the
+/// backup was stopped for taking longer.
+fn outcome(
+    result: podvault_scanner::Result<podvault_scanner::BackupReport>,
+    timed_out: Option<Duration>,
+    progress: &ScanProgress,
+) -> PodVolumeStatus {
     match result {
         Ok(done) => {
             let summary = &done.snapshot.summary;
@@ -127,17 +136,17 @@ pub fn back_up_volume(
             }
             st
         }
-        Err(podvault_scanner::Error::Canceled { .. }) if timed_out => {
+        Err(podvault_scanner::Error::Canceled { .. }) if let Some(limit) = timed_out => {
             let mut st = status(
                 Phase::Failed,
-                Some(format!("timed out after {} s", job.timeout.as_secs())),
+                Some(format!("timed out after {} s", limit.as_secs())),
             );
-            st.progress = progress_of(&progress);
+            st.progress = progress_of(progress);
             st
         }
         Err(podvault_scanner::Error::Canceled { .. }) => {
             let mut st = status(Phase::Canceled, Some("canceled".into()));
-            st.progress = progress_of(&progress);
+            st.progress = progress_of(progress);
             st
         }
         Err(e) => status(Phase::Failed, Some(e.to_string())),

@@ -371,6 +371,9 @@ impl Shared<'_> {
 }
 
 /// Restores `snapshot` into `options.target`.
+// Longer than most: one thread scope owns the pack workers and the walk, which borrow the
+// report, the error list and the channel from this frame; split, they would need the
+// same borrows threaded through.
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -424,22 +427,8 @@ pub fn restore(
             .stack_size(WALKER_STACK_BYTES)
             .spawn_scoped(s, move || {
                 let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-                let mut w = Walker {
-                    repo,
-                    overwrite: options.overwrite,
-                    shared,
-                    tx: &tx,
-                    links: &mut links,
-                    dirs,
-                    batch: HashMap::new(),
-                    batch_chunks: 0,
-                    batch_files: 0,
-                    batch_limit: FIRST_BATCH_CHUNKS,
-                    entries: 0,
-                    entry_limit: entry_limit(snapshot),
-                    listings: Vec::new(),
-                    listing_bytes: 0,
-                };
+                let mut w = Walker::new(shared, options.overwrite, &tx, &mut links, dirs);
+                w.entry_limit = entry_limit(snapshot);
                 let result = w.restore_tree(target, snapshot.tree, root, root_cursor, "", 0);
                 w.flush();
                 drop(tx);
@@ -525,6 +514,35 @@ struct Walker<'a> {
     listings: Vec<(TreeId, Option<Vec<u8>>)>,
     /// Bytes of the listings held.
     listing_bytes: usize,
+}
+
+impl<'a> Walker<'a> {
+    /// A walk that hands the chunks of the files it plans to the workers through `tx`,
+    /// and collects in `dirs` the directories whose metadata is applied at the end.
+    fn new(
+        shared: &'a Shared<'a>,
+        overwrite: bool,
+        tx: &'a crossbeam_channel::Sender<PackJob>,
+        links: &'a mut HashMap<(u64, u64), PathBuf>,
+        dirs: &'a mut Vec<(PathBuf, Node)>,
+    ) -> Walker<'a> {
+        Walker {
+            repo: shared.repo,
+            overwrite,
+            shared,
+            tx,
+            links,
+            dirs,
+            batch: HashMap::new(),
+            batch_chunks: 0,
+            batch_files: 0,
+            batch_limit: FIRST_BATCH_CHUNKS,
+            entries: 0,
+            entry_limit: u64::MAX,
+            listings: Vec::new(),
+            listing_bytes: 0,
+        }
+    }
 }
 
 /// Bytes of directory listings (tree plaintexts) the walk keeps while it walks their
@@ -722,6 +740,95 @@ impl Walker<'_> {
         }
     }
 
+    /// Restores a directory entry: the directory (replacing what else is there), then its
+    /// listing, refused when missing, unreadable or nested too deep.
+    fn restore_dir(&mut self, path: &Path, node: &Node, shown: &str, depth: usize) -> Result<()> {
+        let write_err = |source: std::io::Error| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => {}
+                    _ => {
+                        self.clear(path)?;
+                        std::fs::create_dir(path).map_err(write_err)?;
+                    }
+                }
+            }
+            Err(e) => return Err(write_err(e)),
+        }
+        let Some(subtree) = node.subtree else {
+            self.refuse(shown, "a directory without its listing");
+            return Ok(());
+        };
+        if depth >= podvault_store::limits::MAX_TREE_DEPTH {
+            self.refuse(
+                shown,
+                format!(
+                    "directories nested deeper than {} levels",
+                    podvault_store::limits::MAX_TREE_DEPTH
+                ),
+            );
+            return Ok(());
+        }
+        self.make_room(self.listing_len(&subtree));
+        let (plain, cursor) = match self.repo.tree_listing(&subtree) {
+            Ok(l) => l,
+            Err(e) => {
+                self.refuse(shown, format!("its listing cannot be read: {e}"));
+                return Ok(());
+            }
+        };
+        self.dirs.push((path.to_path_buf(), node.clone()));
+        self.restore_tree(path, subtree, plain, cursor, shown, depth + 1)?;
+        Ok(())
+    }
+
+    /// Restores a file entry: a link to the first member of its hard-link group, or its
+    /// content queued for the workers.
+    fn restore_file(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        plain: &[u8],
+        shown: &str,
+    ) -> Result<()> {
+        let node = &entry.node;
+        let write_err = |source: std::io::Error| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        // A later member of a hard-link group is a link to the first, whatever
+        // content it lists.
+        let first = (node.links > 1)
+            .then(|| self.links.get(&(node.device, node.inode)).cloned())
+            .flatten();
+        if let Some(first) = first {
+            self.clear(path)?;
+            self.shared.report.lock().files += 1;
+            std::fs::hard_link(first, path).map_err(write_err)?;
+            return Ok(());
+        }
+        let locs = match self.content_of(entry, plain) {
+            Ok(locs) => locs,
+            Err(reason) => {
+                self.refuse(shown, reason);
+                return Ok(());
+            }
+        };
+        self.clear(path)?;
+        self.shared.report.lock().files += 1;
+        if node.links > 1 {
+            self.links
+                .insert((node.device, node.inode), path.to_path_buf());
+        }
+        self.queue_file(path, entry, plain, locs)?;
+        Ok(())
+    }
+
     /// Restores one entry; `plain` is its listing when its chunk ids were left there.
     fn restore_node(
         &mut self,
@@ -737,72 +844,8 @@ impl Walker<'_> {
             source,
         };
         match node.kind {
-            NodeKind::Dir => {
-                match std::fs::create_dir(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        match std::fs::symlink_metadata(path) {
-                            Ok(m) if m.is_dir() => {}
-                            _ => {
-                                self.clear(path)?;
-                                std::fs::create_dir(path).map_err(write_err)?;
-                            }
-                        }
-                    }
-                    Err(e) => return Err(write_err(e)),
-                }
-                let Some(subtree) = node.subtree else {
-                    self.refuse(shown, "a directory without its listing");
-                    return Ok(());
-                };
-                if depth >= podvault_store::limits::MAX_TREE_DEPTH {
-                    self.refuse(
-                        shown,
-                        format!(
-                            "directories nested deeper than {} levels",
-                            podvault_store::limits::MAX_TREE_DEPTH
-                        ),
-                    );
-                    return Ok(());
-                }
-                self.make_room(self.listing_len(&subtree));
-                let (plain, cursor) = match self.repo.tree_listing(&subtree) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        self.refuse(shown, format!("its listing cannot be read: {e}"));
-                        return Ok(());
-                    }
-                };
-                self.dirs.push((path.to_path_buf(), node.clone()));
-                self.restore_tree(path, subtree, plain, cursor, shown, depth + 1)?;
-            }
-            NodeKind::File => {
-                // A later member of a hard-link group is a link to the first, whatever
-                // content it lists.
-                let first = (node.links > 1)
-                    .then(|| self.links.get(&(node.device, node.inode)).cloned())
-                    .flatten();
-                if let Some(first) = first {
-                    self.clear(path)?;
-                    self.shared.report.lock().files += 1;
-                    std::fs::hard_link(first, path).map_err(write_err)?;
-                    return Ok(());
-                }
-                let locs = match self.content_of(entry, plain) {
-                    Ok(locs) => locs,
-                    Err(reason) => {
-                        self.refuse(shown, reason);
-                        return Ok(());
-                    }
-                };
-                self.clear(path)?;
-                self.shared.report.lock().files += 1;
-                if node.links > 1 {
-                    self.links
-                        .insert((node.device, node.inode), path.to_path_buf());
-                }
-                self.queue_file(path, entry, plain, locs)?;
-            }
+            NodeKind::Dir => self.restore_dir(path, node, shown, depth)?,
+            NodeKind::File => self.restore_file(path, entry, plain, shown)?,
             NodeKind::Symlink => {
                 self.clear(path)?;
                 let target = node.link_target.as_deref().unwrap_or_default();
