@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use podvault_testkit::assert_same_tree;
+
 fn datasets_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/datasets.sh")
 }
@@ -64,38 +66,6 @@ impl Repo {
             target.to_str().expect("utf-8"),
         ])
     }
-}
-
-/// Type, mode, owner, mtime (ns), size, link count and link target of every entry, and
-/// every file's content, compared with `find` and `diff`.
-fn assert_same_tree(a: &Path, b: &Path) {
-    let listing = |root: &Path| {
-        let out = sh(Command::new("find")
-            .arg(root)
-            .args(["-printf", "%P\\t%y\\t%m\\t%U\\t%G\\t%T@\\t%s\\t%n\\t%l\\n"]));
-        let mut lines: Vec<String> = out
-            .lines()
-            // Directory sizes depend on the file system's history, not on content.
-            .map(|l| {
-                let mut f: Vec<&str> = l.split('\t').collect();
-                if f.get(1) == Some(&"d") {
-                    f[6] = "-";
-                }
-                f.join("\t")
-            })
-            .collect();
-        lines.sort();
-        lines
-    };
-    let (la, lb) = (listing(a), listing(b));
-    assert_eq!(la.len(), lb.len(), "entry count");
-    for (x, y) in la.iter().zip(&lb) {
-        assert_eq!(x, y, "metadata differs");
-    }
-    sh(Command::new("diff")
-        .args(["-r", "--no-dereference", "-q"])
-        .arg(a)
-        .arg(b));
 }
 
 fn tempdir_for_everyone() -> tempfile::TempDir {

@@ -27,10 +27,7 @@ const REPOS: &str = "/apis/podvault.io/v1alpha1/namespaces/podvault/backupreposi
 const SECRETS: &str = "/api/v1/namespaces/podvault/secrets";
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
+    podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 fn settings(dir: &Path) -> Settings {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use podvault_controller::aggregate::aggregate;
@@ -12,10 +11,7 @@ use podvault_controller::hostpath::{HostPathError, check_root, is_csi, resolve, 
 use podvault_controller::lineage::{lineage, owner};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&fs::read_to_string(&path).expect("fixture")).expect("manifest")
+    podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 fn pv(name: &str) -> PersistentVolume {

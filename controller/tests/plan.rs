@@ -1,7 +1,6 @@
 //! The backup controller's plan on real manifests: scope, selector, shared claims, lineage.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use podvault_api::duration::human;
@@ -9,10 +8,7 @@ use podvault_controller::crd::BackupSpec;
 use podvault_controller::plan::{in_scope, plan_backup, repository_for};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("manifest")
+    podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 /// Claims by (namespace, name).

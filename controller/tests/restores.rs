@@ -40,10 +40,7 @@ fn now() -> Timestamp {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
+    podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 /// The record a finished backup left in namespace `shop`'s repository: the fixture pod

@@ -1,17 +1,13 @@
 //! Volume selection on real pod, claim and volume manifests.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use podvault_controller::crd::PodRef;
 use podvault_controller::select::{Selection, back_up_claims_once, select_volumes};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("manifest")
+    podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 fn world() -> (

@@ -1,11 +1,10 @@
 //! Backup and restore of real files on disk, compared attribute by attribute.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use podvault_store::{
     BlobId, BlobKind, ChunkerParams, DirBackend, InitOptions, KdfParams, Node, NodeKind,
     Repository, Snapshot, Summary, Tree,
 };
+use podvault_testkit::{assert_same_tree, walk};
 use proptest::prelude::*;
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
 
@@ -277,95 +277,6 @@ fn build_tree(root: &Path, seed: u64) {
             1_500_000_000 + rng.below(100_000_000) as i64,
             rng.below(1_000_000_000) as i64,
         );
-    }
-}
-
-/// Every entry under `root` (excluding it) with its path relative to root.
-fn walk(root: &Path) -> Vec<(PathBuf, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            let rel = p.strip_prefix(root).expect("under root").to_path_buf();
-            if fs::symlink_metadata(&p).expect("lstat").is_dir() {
-                stack.push(p.clone());
-            }
-            out.push((p, rel));
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
-}
-
-fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut list = vec![0u8; 4096];
-    let n = rustix::fs::llistxattr(path, &mut list[..]).unwrap_or(0);
-    let mut out: Vec<_> = list[..n]
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|name| {
-            let mut v = vec![0u8; 4096];
-            let len = rustix::fs::lgetxattr(path, name, &mut v[..]).expect("getxattr");
-            v.truncate(len);
-            (name.to_vec(), v)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Asserts that `b` restores `a` exactly: kinds, modes, owners, times, contents, link
-/// targets, device numbers, xattrs, hard-link structure and holes.
-fn assert_same_tree(a: &Path, b: &Path) {
-    let ea = walk(a);
-    let eb = walk(b);
-    let names_a: Vec<_> = ea.iter().map(|e| &e.1).collect();
-    let names_b: Vec<_> = eb.iter().map(|e| &e.1).collect();
-    assert_eq!(names_a, names_b, "same entries");
-    let mut inode_map: HashMap<u64, u64> = HashMap::new();
-    let roots = (a.to_path_buf(), b.to_path_buf());
-    let pairs = ea.iter().zip(eb.iter()).map(|(x, y)| (&x.0, &y.0));
-    for (pa, pb) in std::iter::once((&roots.0, &roots.1)).chain(pairs) {
-        let ma = fs::symlink_metadata(pa).expect("lstat a");
-        let mb = fs::symlink_metadata(pb).expect("lstat b");
-        let what = pa.display();
-        assert_eq!(ma.file_type(), mb.file_type(), "{what}: type");
-        if !ma.file_type().is_symlink() {
-            assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{what}: mode");
-        }
-        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{what}: owner");
-        assert_eq!(
-            (ma.mtime(), ma.mtime_nsec()),
-            (mb.mtime(), mb.mtime_nsec()),
-            "{what}: mtime"
-        );
-        assert_eq!(xattrs(pa), xattrs(pb), "{what}: xattrs");
-        let ft = ma.file_type();
-        if ft.is_file() {
-            assert_eq!(
-                fs::read(pa).expect("read a"),
-                fs::read(pb).expect("read b"),
-                "{what}: content"
-            );
-            assert!(
-                mb.blocks() <= ma.blocks() + 8,
-                "{what}: holes kept ({} vs {} blocks)",
-                mb.blocks(),
-                ma.blocks()
-            );
-            let mapped = *inode_map.entry(ma.ino()).or_insert(mb.ino());
-            assert_eq!(mapped, mb.ino(), "{what}: hard links");
-            assert_eq!(ma.nlink(), mb.nlink(), "{what}: link count");
-        } else if ft.is_symlink() {
-            assert_eq!(
-                fs::read_link(pa).expect("a"),
-                fs::read_link(pb).expect("b"),
-                "{what}: target"
-            );
-        } else if ft.is_char_device() || ft.is_block_device() {
-            assert_eq!(ma.rdev(), mb.rdev(), "{what}: rdev");
-        }
     }
 }
 

@@ -17,8 +17,11 @@ use podvault_s3::{S3Backend, S3Options};
 use podvault_store::{Backend, DirBackend};
 
 pub mod docs;
+mod files;
 pub mod kubeapi;
 mod proxy;
+
+pub use files::{assert_same_tree, fixture, fixture_bytes, walk, xattrs};
 pub use proxy::{FaultKind, FaultProxy, FaultStats};
 
 /// The bucket every test server holds.

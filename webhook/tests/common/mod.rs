@@ -8,10 +8,7 @@ use serde_json::{Value, json};
 
 /// A fixture's bytes.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(path).expect("fixture")
+    podvault_testkit::fixture_bytes(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 /// Sets pending restores of namespace `shop`: the claim `pgdata`, the Deployment's scratch
