@@ -21,7 +21,7 @@ pub struct Totals {
 /// not fail the whole. While any runs: `InProgress`. Then: all done, or nothing to do:
 /// `Completed`; some failed or were canceled: `PartiallyFailed` if others completed, else
 /// `Failed` (or `Canceled` when `canceled` was asked and nothing failed).
-pub fn aggregate(statuses: &[Option<&PodVolumeStatus>], skipped: u32, canceled: bool) -> Totals {
+pub(crate) fn aggregate(statuses: &[Option<&PodVolumeStatus>], skipped: u32, canceled: bool) -> Totals {
     let mut t = Totals::default();
     t.volumes.total = statuses.len() as u32;
     t.volumes.skipped = skipped;
@@ -54,4 +54,56 @@ pub fn aggregate(statuses: &[Option<&PodVolumeStatus>], skipped: u32, canceled: 
         Phase::Failed
     };
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use podvault_api::crd::{Phase, PodVolumeStatus, Progress};
+
+    use super::*;
+
+    fn status(phase: Phase, done: u64) -> PodVolumeStatus {
+        PodVolumeStatus {
+            phase,
+            progress: Progress {
+                total_bytes: 100,
+                bytes_done: done,
+                bytes_new: done / 2,
+            },
+            ..PodVolumeStatus::default()
+        }
+    }
+
+    #[test]
+    fn phases_aggregate_like_velero() {
+        let ok = status(Phase::Completed, 100);
+        let bad = status(Phase::Failed, 10);
+        let running = status(Phase::InProgress, 50);
+        let cancel = status(Phase::Canceled, 20);
+        let t = aggregate(&[Some(&ok), Some(&ok)], 3, false);
+        assert_eq!(
+            (t.phase, t.volumes.completed, t.volumes.skipped),
+            (Phase::Completed, 2, 3)
+        );
+        assert_eq!((t.total_bytes, t.bytes_done, t.bytes_new), (200, 200, 100));
+        assert_eq!(
+            aggregate(&[Some(&ok), Some(&bad)], 0, false).phase,
+            Phase::PartiallyFailed
+        );
+        assert_eq!(aggregate(&[Some(&bad)], 0, false).phase, Phase::Failed);
+        assert_eq!(
+            aggregate(&[Some(&ok), Some(&running)], 0, false).phase,
+            Phase::InProgress
+        );
+        assert_eq!(
+            aggregate(&[Some(&ok), None], 0, false).phase,
+            Phase::InProgress
+        );
+        assert_eq!(aggregate(&[Some(&cancel)], 0, true).phase, Phase::Canceled);
+        assert_eq!(
+            aggregate(&[Some(&ok), Some(&cancel)], 0, true).phase,
+            Phase::PartiallyFailed
+        );
+        assert_eq!(aggregate(&[], 2, false).phase, Phase::Completed);
+    }
 }

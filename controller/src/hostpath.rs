@@ -60,7 +60,7 @@ pub enum HostPathError {
 /// Whether a PersistentVolume is mounted through the kubelet's CSI plugin: a CSI volume, a
 /// volume migrated to a CSI driver, or one provisioned by a driver in `csi_drivers` (the
 /// cluster's CSIDriver objects).
-pub fn is_csi(pv: &PersistentVolume, csi_drivers: &BTreeSet<String>) -> bool {
+pub(crate) fn is_csi(pv: &PersistentVolume, csi_drivers: &BTreeSet<String>) -> bool {
     let annotations = pv.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
     pv.spec.as_ref().is_some_and(|s| s.csi.is_some())
@@ -69,7 +69,7 @@ pub fn is_csi(pv: &PersistentVolume, csi_drivers: &BTreeSet<String>) -> bool {
 }
 
 /// The name of the volume's directory under its plugin folder, and whether `/mount` follows.
-pub fn volume_dir_name(
+pub(crate) fn volume_dir_name(
     volume: &str,
     pv: Option<&PersistentVolume>,
     csi_drivers: &BTreeSet<String>,
@@ -148,7 +148,7 @@ pub fn resolve(root: &Path, pod_uid: &str, dir: &str, csi: bool) -> Result<PathB
 /// At start: the running pods of this node (their UIDs) must have directories under the
 /// root, else the root is wrong for this distribution (RancherOS, TKGI, microk8s, k0s keep
 /// it elsewhere) and the error says which setting to change.
-pub fn check_root(root: &Path, running_pod_uids: &[String]) -> Result<(), HostPathError> {
+pub(crate) fn check_root(root: &Path, running_pod_uids: &[String]) -> Result<(), HostPathError> {
     if !root.is_dir() {
         return Err(HostPathError::NoRoot {
             root: root.to_path_buf(),
@@ -165,4 +165,135 @@ pub fn check_root(root: &Path, running_pod_uids: &[String]) -> Result<(), HostPa
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::fs;
+
+    use k8s_openapi::api::core::v1::PersistentVolume;
+
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        podvault_testkit::fixture(env!("CARGO_MANIFEST_DIR"), name)
+    }
+
+    fn pv(name: &str) -> PersistentVolume {
+        let all: Vec<PersistentVolume> = fixture("volumes.json");
+        all.into_iter()
+            .find(|v| v.metadata.name.as_deref() == Some(name))
+            .expect("volume")
+    }
+
+    #[test]
+    fn volume_directories_are_found_as_the_kubelet_lays_them_out() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("pods");
+        let uid = "5b2e1c8a-9f3d-4e6b-8a1c-2d7e9f0b3c4d";
+        let vols = root.join(uid).join("volumes");
+        for dir in [
+            "kubernetes.io~empty-dir/scratch",
+            "kubernetes.io~csi/pvc-1a2b3c4d/mount",
+            "kubernetes.io~nfs/pvc-5e6f7a8b",
+            "kubernetes.io~empty-dir/twice",
+            "kubernetes.io~secret/twice",
+            // An inline CSI volume, by the volume's name; an ephemeral volume's PV.
+            "kubernetes.io~csi/inline/mount",
+            "kubernetes.io~csi/pvc-ephemeral/mount",
+        ] {
+            fs::create_dir_all(vols.join(dir)).expect("mkdir");
+        }
+        let drivers = BTreeSet::from(["ebs.csi.aws.com".to_string()]);
+        let none = |v: &str| volume_dir_name(v, None, &drivers);
+        let (dir, csi) = none("scratch");
+        assert_eq!(
+            resolve(&root, uid, &dir, csi).expect("emptyDir"),
+            vols.join("kubernetes.io~empty-dir/scratch")
+        );
+        let csi_pv = pv("pvc-1a2b3c4d");
+        let (dir, csi) = volume_dir_name("data", Some(&csi_pv), &drivers);
+        assert!(csi);
+        assert_eq!(
+            resolve(&root, uid, &dir, csi).expect("CSI"),
+            vols.join("kubernetes.io~csi/pvc-1a2b3c4d/mount")
+        );
+        let nfs = pv("pvc-5e6f7a8b");
+        let (dir, csi) = volume_dir_name("shared", Some(&nfs), &drivers);
+        assert!(!csi);
+        assert_eq!(
+            resolve(&root, uid, &dir, csi).expect("nfs"),
+            vols.join("kubernetes.io~nfs/pvc-5e6f7a8b")
+        );
+        // An inline CSI volume (`spec.volumes[].csi`) keeps its data in `mount` too.
+        let (dir, csi) = none("inline");
+        assert!(!csi);
+        assert_eq!(
+            resolve(&root, uid, &dir, csi).expect("inline CSI"),
+            vols.join("kubernetes.io~csi/inline/mount")
+        );
+        // A generic ephemeral volume is its claim's PV, provisioned by a CSI driver.
+        let mut ephemeral = pv("pvc-1a2b3c4d");
+        ephemeral.metadata.name = Some("pvc-ephemeral".into());
+        ephemeral.spec.get_or_insert_with(Default::default).csi = Some(
+            serde_json::from_value(
+                serde_json::json!({"driver": "ebs.csi.aws.com", "volumeHandle": "vol-1"}),
+            )
+            .expect("csi"),
+        );
+        let (dir, csi) = volume_dir_name("work", Some(&ephemeral), &drivers);
+        assert_eq!(
+            resolve(&root, uid, &dir, csi).expect("ephemeral"),
+            vols.join("kubernetes.io~csi/pvc-ephemeral/mount")
+        );
+        let (dir, csi) = none("twice");
+        assert!(matches!(
+            resolve(&root, uid, &dir, csi),
+            Err(HostPathError::Ambiguous { count: 2, .. })
+        ));
+        let (dir, csi) = none("absent");
+        assert!(matches!(
+            resolve(&root, uid, &dir, csi),
+            Err(HostPathError::NotFound { .. })
+        ));
+        let err = resolve(&root, "other-uid", "x", false).expect_err("no pod");
+        assert!(err.to_string().contains("--kubelet-pods-root"), "{err}");
+
+        // In-tree volumes migrated to CSI, and volumes provisioned by a CSI driver, mount as CSI.
+        let mut migrated = nfs.clone();
+        migrated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "pv.kubernetes.io/migrated-to".into(),
+                "nfs.csi.k8s.io".into(),
+            );
+        assert!(is_csi(&migrated, &drivers));
+        let mut provisioned = nfs;
+        provisioned
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "pv.kubernetes.io/provisioned-by".into(),
+                "ebs.csi.aws.com".into(),
+            );
+        assert!(is_csi(&provisioned, &drivers));
+        assert!(!is_csi(&provisioned, &BTreeSet::new()));
+
+        assert!(check_root(&root, &[uid.to_string(), "gone".into()]).is_ok());
+        let err = check_root(&root, &["a".into(), "b".into()])
+            .expect_err("wrong root")
+            .to_string();
+        assert!(
+            err.contains("none of the 2 running pods") && err.contains("nodeAgent.kubeletPodsRoot"),
+            "{err}"
+        );
+        let err = check_root(&tmp.path().join("nope"), &[])
+            .expect_err("missing root")
+            .to_string();
+        assert!(err.contains("microk8s"), "{err}");
+    }
 }
