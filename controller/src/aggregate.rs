@@ -21,7 +21,11 @@ pub struct Totals {
 /// not fail the whole. While any runs: `InProgress`. Then: all done, or nothing to do:
 /// `Completed`; some failed or were canceled: `PartiallyFailed` if others completed, else
 /// `Failed` (or `Canceled` when `canceled` was asked and nothing failed).
-pub(crate) fn aggregate(statuses: &[Option<&PodVolumeStatus>], skipped: u32, canceled: bool) -> Totals {
+pub(crate) fn aggregate(
+    statuses: &[Option<&PodVolumeStatus>],
+    skipped: u32,
+    canceled: bool,
+) -> Totals {
     let mut t = Totals::default();
     t.volumes.total = statuses.len() as u32;
     t.volumes.skipped = skipped;

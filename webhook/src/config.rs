@@ -266,3 +266,153 @@ fn security_context(
     }
     set.then_some(ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_configmap_is_read_as_velero_documents_it() {
+        let labels = |pairs: &[(&str, &str)]| data(pairs);
+        assert!(is_helper_config(&labels(&[
+            ("velero.io/plugin-config", ""),
+            ("velero.io/pod-volume-restore", "RestoreItemAction")
+        ])));
+        assert!(is_helper_config(&labels(&[
+            ("podvault.io/plugin-config", ""),
+            ("podvault.io/pod-volume-restore", "RestoreItemAction")
+        ])));
+        assert!(!is_helper_config(&labels(&[(
+            "podvault.io/plugin-config",
+            ""
+        )])));
+
+        let HelperSettings {
+            config: c,
+            warnings,
+        } = from_data(
+            &data(&[
+                ("image", "registry.local:5000/tools/helper"),
+                ("cpuRequest", "200m"),
+                ("memRequest", "0"),
+                ("cpuLimit", "0.5"),
+                ("memLimit", "1Gi"),
+                ("secCtxRunAsUser", "1001"),
+                ("secCtxRunAsGroup", "999"),
+                ("secCtxAllowPrivilegeEscalation", "false"),
+                (
+                    "secCtx",
+                    "capabilities:\n  drop: [ALL]\nreadOnlyRootFilesystem: true\nrunAsUser: 2002\n",
+                ),
+            ]),
+            "0.1.0",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            c.image, "registry.local:5000/tools/helper:0.1.0",
+            "a registry port is not a tag"
+        );
+        assert_eq!(
+            serde_json::to_value(&c.resources).expect("json"),
+            json!({"requests": {"cpu": "200m"}, "limits": {"cpu": "0.5", "memory": "1Gi"}}),
+            "\"0\" is unbounded: no value"
+        );
+        assert_eq!(
+            serde_json::to_value(&c.security_context).expect("json"),
+            json!({"capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": true,
+                   "runAsUser": 2002, "runAsGroup": 999, "allowPrivilegeEscalation": false}),
+            "secCtx wins where it sets a field; the others fill the rest"
+        );
+        assert_eq!(
+            from_data(&data(&[("image", "helper@sha256:abcd")]), "0.1.0")
+                .config
+                .image,
+            "helper@sha256:abcd"
+        );
+
+        // Bad values fall back to the defaults with a warning each; none blocks a pod.
+        let HelperSettings {
+            config: c,
+            warnings,
+        } = from_data(
+            &data(&[
+                ("cpuRequest", "lots"),
+                ("memRequest", "2Gi"),
+                ("memLimit", "1Gi"),
+                ("secCtxRunAsUser", "nobody"),
+                ("secCtxAllowPrivilegeEscalation", "maybe"),
+                ("secCtx", "runAsUser: [1"),
+            ]),
+            "0.1.0",
+        );
+        assert_eq!(c.resources, HelperConfig::defaults("0.1.0").resources);
+        assert_eq!(c.security_context, None);
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert!(warnings[0].contains("cpuRequest \"lots\""), "{warnings:?}");
+        assert!(
+            warnings[1].contains("memRequest 2Gi is above memLimit 1Gi"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn quantities_compare_in_base_units() {
+        for (text, value) in [
+            ("100m", 0.1),
+            ("0.5", 0.5),
+            ("2", 2.0),
+            ("128Mi", 134_217_728.0),
+            ("1G", 1e9),
+            ("1e3", 1000.0),
+            ("1.5Gi", 1_610_612_736.0),
+        ] {
+            assert_eq!(quantity_value(text), Some(value), "{text}");
+        }
+        for bad in ["", "Mi", "-1", "1Q", "1e", "1.2.3"] {
+            assert_eq!(quantity_value(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn velero_helper_images_copied_over_are_replaced_with_a_warning() {
+        for image in [
+            "velero/velero-restore-helper:v1.14.0",
+            "velero/velero-restore-helper",
+            "docker.io/velero/velero:v1.15.0",
+            "registry.local:5000/mirror/velero-restore-helper@sha256:0123",
+        ] {
+            let HelperSettings {
+                config: c,
+                warnings,
+            } = from_data(&data(&[("image", image)]), "0.1.0");
+            assert_eq!(c.image, "ghcr.io/podvault/podvault:0.1.0", "{image}");
+            assert!(
+                warnings.len() == 1 && warnings[0].contains("Velero's"),
+                "{image}: {warnings:?}"
+            );
+        }
+        for image in [
+            "registry.local:5000/tools/podvault",
+            "mirror/veleroish:1",
+            "acme/helper:velero",
+        ] {
+            let HelperSettings {
+                config: c,
+                warnings,
+            } = from_data(&data(&[("image", image)]), "0.1.0");
+            assert!(warnings.is_empty(), "{image}: {warnings:?}");
+            assert!(c.image.starts_with(image), "{image}");
+        }
+    }
+}
