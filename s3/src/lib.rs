@@ -464,12 +464,13 @@ impl S3Backend {
         loop {
             match self.put_multipart_once(key, data.clone()).await {
                 // A completion whose answer was lost, retried: the store no longer knows the
-                // upload because it made the object. If the object is there, whole, done.
+                // upload because it made the object (some stores say NoSuchUpload, some
+                // AccessDenied). If the object is there, whole, done.
                 Err(Error::Remote {
                     op: "CompleteMultipartUpload",
                     transient: false,
                     ..
-                }) if self.object_len(key).await == Some(data.len() as u64) => return Ok(()),
+                }) if self.completed_meanwhile(key, data.len() as u64).await => return Ok(()),
                 Err(Error::Remote {
                     op: op @ ("UploadPart" | "CompleteMultipartUpload"),
                     transient: false,
@@ -487,6 +488,19 @@ impl S3Backend {
                 other => return other,
             }
         }
+    }
+
+    /// Whether the object at `key` holds `len` bytes. The completion of an upload whose
+    /// answer was lost may still be finishing on the store when its retry is refused, so
+    /// the store is asked again after a moment before the upload is started over.
+    async fn completed_meanwhile(&self, key: &str, len: u64) -> bool {
+        for wait in [0, 250, 1000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if self.object_len(key).await == Some(len) {
+                return true;
+            }
+        }
+        false
     }
 
     /// The length of the object at `key`, if it exists (and the store answers).
