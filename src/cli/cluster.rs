@@ -281,6 +281,8 @@ fn exit_for(phase: Phase) -> ExitCode {
 }
 
 /// `podvault backup …`.
+// Long: one arm per subcommand, each only parsing its arguments into a library call and
+// printing the result; the work is in the libraries.
 pub fn backup(global: &Global, cmd: BackupCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
     let mut selector = None;
@@ -427,6 +429,7 @@ where
 }
 
 /// The text of `backup describe`, like `velero backup describe --details`.
+// Long: the sections of the text in the order they are printed.
 pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
     use std::fmt::Write;
     let s = b.status.clone().unwrap_or_default();
@@ -523,6 +526,8 @@ pub fn describe_backup(b: &Backup, volumes: &[PodVolumeBackup]) -> String {
 }
 
 /// `podvault restore …`.
+// Long: one arm per subcommand, each only parsing its arguments into a library call and
+// printing the result; the work is in the libraries.
 pub fn restore(global: &Global, cmd: RestoreCommand) -> Result<ExitCode> {
     // Bad input is refused before the cluster is asked anything.
     if let RestoreCommand::Create(a) = &cmd {

@@ -131,6 +131,9 @@ fn new_password(file: Option<std::path::PathBuf>) -> Result<Vec<u8>> {
     }
 }
 
+/// `podvault repo …`.
+// Long: one arm per subcommand, each only parsing its arguments into a library call and
+// printing the result; the work is in the libraries.
 pub fn repo(global: &Global, cmd: RepoCommand) -> Result<ExitCode> {
     match cmd {
         RepoCommand::Init(args) => init(global, args),

@@ -117,6 +117,9 @@ pub struct RestoreArgs {
     threads: usize,
 }
 
+/// `podvault snapshot …`.
+// Long: one arm per subcommand, each only parsing its arguments into a library call and
+// printing the result; the work is in the libraries.
 pub fn snapshot(global: &Global, cmd: SnapshotCommand) -> Result<ExitCode> {
     match cmd {
         SnapshotCommand::Create(args) => {
