@@ -19,6 +19,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
+
+use crate::Error;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -58,34 +60,6 @@ impl Default for Lifetimes {
             leaf_margin: 120 * DAY,
         }
     }
-}
-
-/// Problems making or storing the certificates.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// rcgen could not make a key or certificate.
-    #[error("generating a certificate: {0}")]
-    Generate(#[from] rcgen::Error),
-    /// The API server refused or failed a request.
-    #[error("{what}: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The API's error.
-        source: kube::Error,
-    },
-    /// The certificate files could not be written.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The Secret changed under us several times in a row.
-    #[error("Secret {0} kept changing while it was being renewed; will retry")]
-    Contended(String),
 }
 
 /// The CA bundle (current CA first, then replaced CAs that are still valid), the current

@@ -18,7 +18,7 @@ use rustls::{ServerConfig, version};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Problems with the certificate files.
+/// Problems with the certificate files, and making or storing the built-in ones.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -35,6 +35,28 @@ pub enum Error {
     /// TLS settings could not be built.
     #[error("TLS settings: {0}")]
     Tls(#[source] rustls::Error),
+    /// rcgen could not make a key or certificate.
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The API server refused or failed a request.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The API's error.
+        source: kube::Error,
+    },
+    /// The certificate files could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Secret changed under us several times in a row.
+    #[error("Secret {0} kept changing while it was being renewed; will retry")]
+    Contended(String),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {

@@ -60,7 +60,7 @@ pub enum Error {
     Certificate(#[from] podvault_certs::Error),
     /// The built-in certificate could not be made or stored.
     #[error("making the webhook's built-in certificate: {0}")]
-    Builtin(#[from] podvault_certs::builtin::Error),
+    Builtin(#[source] podvault_certs::Error),
     /// The metrics registry could not be built.
     #[error("webhook metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -126,7 +126,8 @@ impl Webhook {
                 key_path: config.tls_key.clone(),
             };
             podvault_certs::builtin::ensure_at_start(&client, &target, Duration::from_secs(300))
-                .await?;
+                .await
+                .map_err(Error::Builtin)?;
             tokio::spawn(podvault_certs::builtin::run(
                 client.clone(),
                 target,
