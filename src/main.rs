@@ -229,9 +229,7 @@ fn init_tracing(verbose: u8, level: Option<&str>, json: bool) {
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; it is called before any other
     // thread exists. A refused setting leaves glibc's defaults, which are correct, only
-    // hungrier. SIGPIPE keeps the ignored disposition Rust's runtime gives it: a peer that
-    // hangs up (an S3 server, a webhook client) is an error to handle, never a reason to
-    // die, and a closed standard output is handled by `outln!`.
+    // hungrier.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
@@ -239,6 +237,10 @@ fn tune_allocator() {
 }
 
 fn main() -> ExitCode {
+    // SIGPIPE keeps the ignored disposition Rust's runtime gives it (nothing here resets
+    // it): a peer that hangs up (an S3 server, a webhook client, the API server) is an
+    // error to handle, never a reason to die, and a closed standard output is handled by
+    // `outln!`.
     tune_allocator();
     let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     // The roles that run in the cluster log at info by default.

@@ -27,7 +27,7 @@ use crate::cluster::{
 };
 use crate::crd::{Backup, BackupStatus, Phase, PodVolumeBackup, PodVolumeBackupSpec};
 use crate::plan::plan_backup;
-use crate::write::{CONTROLLER, applying, creating, updating};
+use crate::write::{CONTROLLER, applying, create_if_missing, updating};
 
 /// How long a backup is kept when its spec names no TTL (Velero's default too).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(720 * 3600);
@@ -325,11 +325,7 @@ async fn create_volume_backups(
             (NODE_LABEL.to_string(), spec.node.clone()),
         ]));
         object.metadata.owner_references = owner.clone().map(|o| vec![o]);
-        match pvbs.create(&creating(CONTROLLER), &object).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_if_missing(CONTROLLER, &pvbs, &object).await?;
     }
     Ok(())
 }

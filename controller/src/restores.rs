@@ -28,7 +28,7 @@ use crate::crd::{
     PodVolumeStatus, Restore, RestoreStatus,
 };
 use crate::lineage::owner;
-use crate::write::{CONTROLLER, applying, creating, updating};
+use crate::write::{CONTROLLER, applying, create_if_missing, updating};
 
 const POLL: Duration = Duration::from_secs(10);
 
@@ -338,17 +338,6 @@ async fn records(
     Ok(out)
 }
 
-async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<bool, Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match api.create(&creating(CONTROLLER), object).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn start(
     restore: &Restore,
     client: &Client,
@@ -434,7 +423,7 @@ async fn create_objects(
             },
             ..Namespace::default()
         };
-        if !create_if_missing(&namespaces, &labeled).await? {
+        if !create_if_missing(CONTROLLER, &namespaces, &labeled).await? {
             namespaces
                 .patch(
                     ns,
@@ -449,14 +438,14 @@ async fn create_objects(
             client.clone(),
             claim.namespace().as_deref().unwrap_or_default(),
         );
-        create_if_missing(&api, claim).await?;
+        create_if_missing(CONTROLLER, &api, claim).await?;
     }
     for pod in &plan.pods {
         let api: Api<Pod> = Api::namespaced(
             client.clone(),
             pod.namespace().as_deref().unwrap_or_default(),
         );
-        create_if_missing(&api, pod).await?;
+        create_if_missing(CONTROLLER, &api, pod).await?;
     }
     let pvrs: Api<PodVolumeRestore> = Api::namespaced(client.clone(), &settings.namespace);
     let owner_ref = restore.controller_owner_ref(&());
@@ -472,7 +461,7 @@ async fn create_objects(
         let mut object = PodVolumeRestore::new(&object_name, spec.clone());
         object.metadata.labels = Some(BTreeMap::from([(RESTORE_LABEL.to_string(), name.clone())]));
         object.metadata.owner_references = owner_ref.clone().map(|o| vec![o]);
-        create_if_missing(&pvrs, &object).await?;
+        create_if_missing(CONTROLLER, &pvrs, &object).await?;
     }
     Ok(())
 }

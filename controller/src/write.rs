@@ -54,6 +54,23 @@ pub fn status<K: Resource<DynamicType = ()>>(
     Patch::Apply(body)
 }
 
+/// Creates `object` as `manager` unless it exists; whether it was created. An object of
+/// the same name that exists already (made by an earlier reconcile) is left as it is.
+pub async fn create_if_missing<K>(
+    manager: &str,
+    api: &kube::Api<K>,
+    object: &K,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.create(&creating(manager), object).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
